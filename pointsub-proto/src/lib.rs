@@ -27,13 +27,25 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod client;
 pub mod compress;
+pub mod config;
+pub mod error;
 pub mod frame;
 mod ids;
+pub mod metrics;
 pub mod pool;
 pub mod retry;
 pub mod route;
+pub mod server;
 mod time;
+mod transmit;
 
+pub use client::{Client, ClientEvent, ClosestOptions, OpenFailure, Response, SendOptions};
+pub use config::{ClientConfig, ServerConfig};
+pub use error::{ConfigError, RequestError, ServerError};
 pub use ids::{PeerKey, Protocol, RequestId, StreamId};
+pub use metrics::{ClientMetrics, ConnectionInfo, ServerMetrics};
+pub use server::{Server, ServerEvent};
 pub use time::Instant;
+pub use transmit::{MAX_TRANSMIT, STREAM_WINDOW, Transmit};

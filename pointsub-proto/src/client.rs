@@ -1,0 +1,1206 @@
+//! The client state machine: requests, retries, pooled streams, send-closest.
+//!
+//! See [`Client`] for the polling discipline.
+
+use crate::compress;
+use crate::config::ClientConfig;
+use crate::error::{ConfigError, RequestError, RouteError, Side};
+use crate::frame::{self, Decoded, ErrorCode, Flags, FrameKind, MessageDecoder};
+use crate::metrics::{ClientMetrics, ConnectionInfo};
+use crate::pool::{Acquire, GrantKind, PoolStats, StreamPool};
+use crate::retry::{Backoff, Rng};
+use crate::route::{self, Router};
+use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
+use crate::{Instant, PeerKey, Protocol, RequestId, StreamId};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Options of one [`Client::send_with`] call.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// End the request with [`RequestError::Timeout`] if it has not ended by then.
+    pub deadline: Option<Instant>,
+}
+
+impl SendOptions {
+    /// Sets the overall deadline.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+}
+
+/// Options of one [`Client::send_closest`] call.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClosestOptions {
+    /// Routing key; the request body when `None`.
+    pub routing_key: Option<Bytes>,
+    /// Nodes not to use for this request.
+    pub exclude: Vec<PeerKey>,
+    /// Send to this many of the closest nodes at once; the first response wins (1).
+    pub hedge: usize,
+    /// Overall deadline, as in [`SendOptions::deadline`].
+    pub deadline: Option<Instant>,
+}
+
+impl Default for ClosestOptions {
+    fn default() -> Self {
+        ClosestOptions {
+            routing_key: None,
+            exclude: Vec::new(),
+            hedge: 1,
+            deadline: None,
+        }
+    }
+}
+
+impl ClosestOptions {
+    /// Sets the routing key.
+    #[must_use]
+    pub fn with_routing_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+    /// Sets the nodes to leave out.
+    #[must_use]
+    pub fn with_exclude(mut self, exclude: Vec<PeerKey>) -> Self {
+        self.exclude = exclude;
+        self
+    }
+    /// Sets the hedge width (at least 1).
+    #[must_use]
+    pub fn with_hedge(mut self, k: usize) -> Self {
+        self.hedge = k.max(1);
+        self
+    }
+    /// Sets the overall deadline.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+}
+
+/// A successful outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The response body, decompressed.
+    pub body: Bytes,
+    /// The node that answered.
+    pub peer: PeerKey,
+}
+
+/// Why a stream could not be opened, as reported by the adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenFailure {
+    /// The peer does not speak the protocol (negotiation failed): final.
+    UnsupportedProtocol,
+    /// The peer could not be reached: no address, dial error, connection lost.
+    Unreachable(String),
+    /// The transport gave up opening in time.
+    Timeout,
+}
+
+/// What the client needs the adapter to do, or tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// Open a stream to `peer` speaking `protocol`, then report
+    /// [`Client::handle_stream_opened`] or [`Client::handle_open_failed`].
+    OpenStream {
+        /// Id the core gave the stream.
+        stream: StreamId,
+        /// Peer to open it to.
+        peer: PeerKey,
+        /// Protocol to negotiate.
+        protocol: Protocol,
+    },
+    /// Close the stream (or abandon opening it); the core has forgotten it.
+    CloseStream {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// An attempt of a request started, towards `peer`.
+    AttemptStarted {
+        /// The request.
+        id: RequestId,
+        /// The node tried.
+        peer: PeerKey,
+        /// 1 for the first attempt, then 2, 3, ...
+        attempt: u32,
+    },
+    /// The request ended. Exactly one of these per request id.
+    Completed {
+        /// The request.
+        id: RequestId,
+        /// Its outcome.
+        result: Result<Response, RequestError>,
+        /// Attempts that were started (at most `max_retries + 1`).
+        attempts: u32,
+    },
+}
+
+type PoolKey = (PeerKey, Protocol);
+
+enum Target {
+    Peer(PeerKey),
+    Closest { order: Vec<PeerKey>, next: usize },
+}
+
+struct Req {
+    protocol: Protocol,
+    body: Bytes,
+    /// `Some(Some(c))`: compressed form; `Some(None)`: not worth it; `None`: not tried.
+    compressed: Option<Option<Bytes>>,
+    target: Target,
+    attempts: u32,
+    live: Vec<u64>,
+    retry_at: Option<Instant>,
+    deadline: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Queued,
+    Opening,
+    Writing,
+    Reading,
+}
+
+struct Attempt {
+    req: RequestId,
+    node: PeerKey,
+    stream: Option<StreamId>,
+    phase: Phase,
+    deadline: Instant,
+}
+
+struct Stream {
+    key: PoolKey,
+    open: bool,
+    open_deadline: Instant,
+    decoder: MessageDecoder,
+    tx: Outgoing,
+    attempts: BTreeSet<u64>,
+    /// (stream offset at which a request's last byte was handed out, wire id)
+    write_marks: VecDeque<(u64, u64)>,
+    opened_at: Instant,
+    last_active: Instant,
+    bytes_in: u64,
+    requests: u64,
+}
+
+impl HasOutgoing for Stream {
+    fn outgoing(&mut self) -> &mut Outgoing {
+        &mut self.tx
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Attempt(u64),
+    Retry(RequestId),
+    Deadline(RequestId),
+    Open(StreamId),
+}
+
+/// The client side of pointsub, without I/O.
+///
+/// # Polling
+/// After every call that feeds it (`send*`, `cancel`, `close`, `handle_*`),
+/// drain [`Client::poll_event`] and [`Client::poll_transmit`] until both
+/// return `None`, then wake it at [`Client::poll_timeout`] with
+/// [`Client::handle_timeout`]. Every request accepted by `send*` ends with
+/// exactly one [`ClientEvent::Completed`].
+///
+/// # Methods
+/// - getters: [`Client::local`], [`Client::metrics`], [`Client::connections`], [`Client::pool_stats`], [`Client::server_nodes`], [`Client::in_flight`];
+/// - user calls: [`Client::send`], [`Client::send_with`], [`Client::send_closest`], [`Client::cancel`], [`Client::close`], node-set management;
+/// - `handle_*`: what the adapter observed;
+/// - `poll_*`: what the adapter must do.
+pub struct Client {
+    cfg: ClientConfig,
+    local: PeerKey,
+    router: Router,
+    pool: StreamPool<PoolKey>,
+    rng: Rng,
+    backoff: Backoff,
+    requests: BTreeMap<RequestId, Req>,
+    attempts: BTreeMap<u64, Attempt>,
+    streams: BTreeMap<StreamId, Stream>,
+    ready: VecDeque<StreamId>,
+    timers: BTreeSet<(Instant, Timer)>,
+    events: VecDeque<ClientEvent>,
+    /// Whether a peer said it accepts deflate (learned from its frames).
+    peer_deflate: BTreeMap<PeerKey, bool>,
+    next_request: u64,
+    next_wire: u64,
+    metrics: ClientMetrics,
+    closed: bool,
+}
+
+impl Client {
+    /// A client for the node whose key is `local`, after checking `cfg`.
+    pub fn new(local: PeerKey, cfg: ClientConfig) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        Ok(Client {
+            router: Router::new(local.clone(), cfg.route()),
+            pool: StreamPool::new(cfg.pool()),
+            rng: Rng::new(cfg.seed),
+            backoff: Backoff {
+                interval: cfg.retry_interval,
+                max: cfg.max_backoff,
+                multiplier: 2,
+            },
+            local,
+            cfg,
+            requests: BTreeMap::new(),
+            attempts: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            ready: VecDeque::new(),
+            timers: BTreeSet::new(),
+            events: VecDeque::new(),
+            peer_deflate: BTreeMap::new(),
+            next_request: 1,
+            next_wire: 1,
+            metrics: ClientMetrics::default(),
+            closed: false,
+        })
+    }
+
+    // ----- getters -----
+
+    /// The local node's key.
+    pub fn local(&self) -> &PeerKey {
+        &self.local
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> ClientMetrics {
+        let mut m = self.metrics.clone();
+        m.active = self.requests.len() as u64;
+        m
+    }
+
+    /// Requests not ended yet.
+    pub fn in_flight(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// The stream pool's counts.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Whether [`Client::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// One entry per open stream.
+    pub fn connections(&self, now: Instant) -> Vec<ConnectionInfo> {
+        self.streams
+            .iter()
+            .filter(|(_, s)| s.open)
+            .map(|(id, s)| ConnectionInfo {
+                stream: *id,
+                remote: s.key.0.clone(),
+                protocol: s.key.1.clone(),
+                opened_at: s.opened_at,
+                last_active: s.last_active,
+                idle: now.saturating_duration_since(s.last_active),
+                bytes_in: s.bytes_in,
+                bytes_out: s.tx.emitted,
+                requests: s.requests,
+                in_flight: s.attempts.len(),
+            })
+            .collect()
+    }
+
+    /// The server nodes registered for `protocol`, in insertion order.
+    pub fn server_nodes(&self, protocol: &Protocol) -> Vec<PeerKey> {
+        self.router.nodes(protocol)
+    }
+
+    /// Read access to the routing table (distances, cool-downs).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    // ----- node set -----
+
+    /// Adds a server node for send-closest. Refuses the local node; a
+    /// duplicate is ignored (`Ok(false)`).
+    pub fn add_server_node(
+        &mut self,
+        protocol: &Protocol,
+        node: PeerKey,
+    ) -> Result<bool, RouteError> {
+        self.router.add_node(protocol, node)
+    }
+
+    /// Removes a server node; errors on an unknown protocol or node.
+    pub fn remove_server_node(
+        &mut self,
+        protocol: &Protocol,
+        node: &PeerKey,
+    ) -> Result<(), RouteError> {
+        self.router.remove_node(protocol, node)
+    }
+
+    /// Forgets every node of `protocol`.
+    pub fn clear_server_nodes(&mut self, protocol: &Protocol) {
+        self.router.clear(protocol)
+    }
+
+    // ----- user calls -----
+
+    /// Sends `body` to `peer` on `protocol`. The returned id's outcome comes
+    /// later as [`ClientEvent::Completed`]; an immediate error means the
+    /// request was never accepted (and no event will follow).
+    pub fn send(
+        &mut self,
+        peer: PeerKey,
+        protocol: Protocol,
+        body: Bytes,
+        now: Instant,
+    ) -> Result<RequestId, RequestError> {
+        self.send_with(peer, protocol, body, SendOptions::default(), now)
+    }
+
+    /// [`Client::send`] with options.
+    pub fn send_with(
+        &mut self,
+        peer: PeerKey,
+        protocol: Protocol,
+        body: Bytes,
+        opts: SendOptions,
+        now: Instant,
+    ) -> Result<RequestId, RequestError> {
+        self.check_new(&body)?;
+        if peer == self.local {
+            return Err(RequestError::SelfSend);
+        }
+        Ok(self.start(protocol, body, Target::Peer(peer), 1, opts.deadline, now))
+    }
+
+    /// Sends to the closest node of `protocol` (SHA-256 XOR distance to the
+    /// routing key), failing over along the order within the retry budget.
+    pub fn send_closest(
+        &mut self,
+        protocol: Protocol,
+        body: Bytes,
+        opts: ClosestOptions,
+        now: Instant,
+    ) -> Result<RequestId, RequestError> {
+        self.check_new(&body)?;
+        let hash = route::key_hash(opts.routing_key.as_deref().unwrap_or(&body));
+        let order = self
+            .router
+            .order_hashed(&protocol, &hash, &opts.exclude, now)?;
+        let budget = self.cfg.max_retries as usize + 1;
+        let hedge = opts.hedge.max(1).min(order.len()).min(budget);
+        Ok(self.start(
+            protocol,
+            body,
+            Target::Closest { order, next: 0 },
+            hedge,
+            opts.deadline,
+            now,
+        ))
+    }
+
+    /// Cancels a request: it ends now with [`RequestError::Cancelled`].
+    /// Returns false if it had already ended.
+    pub fn cancel(&mut self, id: RequestId, now: Instant) -> bool {
+        if !self.requests.contains_key(&id) {
+            return false;
+        }
+        self.finish(id, Err(RequestError::Cancelled), now);
+        true
+    }
+
+    /// Closes the client: every pending request ends with
+    /// [`RequestError::Closed`], every stream is closed, later sends fail.
+    pub fn close(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        for id in ids {
+            self.finish(id, Err(RequestError::Closed), now);
+        }
+        for s in self.pool.drain() {
+            self.forget_stream(s);
+        }
+        let rest: Vec<StreamId> = self.streams.keys().copied().collect();
+        for s in rest {
+            self.forget_stream(s);
+        }
+        self.timers.clear();
+    }
+
+    // ----- handle_* -----
+
+    /// The adapter opened `stream` as asked.
+    pub fn handle_stream_opened(&mut self, stream: StreamId, now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            // Given up on already (timeout or close): make sure it goes away.
+            self.events.push_back(ClientEvent::CloseStream { stream });
+            return;
+        };
+        if s.open {
+            return;
+        }
+        s.open = true;
+        s.opened_at = now;
+        s.last_active = now;
+        let deadline = s.open_deadline;
+        self.timers.remove(&(deadline, Timer::Open(stream)));
+        self.pool.opened(stream, now);
+        let waiting: Vec<u64> = s.attempts.iter().copied().collect();
+        for wire in waiting {
+            self.write_request(wire, stream, now);
+        }
+        self.drain_pool(now);
+    }
+
+    /// The adapter could not open `stream`.
+    pub fn handle_open_failed(&mut self, stream: StreamId, failure: OpenFailure, now: Instant) {
+        let err = match failure {
+            OpenFailure::UnsupportedProtocol => match self.streams.get(&stream) {
+                Some(s) => RequestError::UnsupportedProtocol(s.key.1.clone()),
+                None => return,
+            },
+            OpenFailure::Unreachable(msg) => RequestError::ConnectFailed(msg),
+            OpenFailure::Timeout => RequestError::ConnectTimeout,
+        };
+        self.fail_stream(stream, err.clone(), err, false, now);
+    }
+
+    /// Bytes arrived on `stream`.
+    pub fn handle_data(&mut self, stream: StreamId, data: &[u8], now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.last_active = now;
+        s.bytes_in += data.len() as u64;
+        self.metrics.bytes_read += data.len() as u64;
+        s.decoder.push(data);
+        loop {
+            let Some(s) = self.streams.get_mut(&stream) else {
+                return;
+            };
+            match s.decoder.next() {
+                Ok(None) => break,
+                Ok(Some(Decoded::Message(msg))) => {
+                    let peer = s.key.0.clone();
+                    self.peer_deflate.insert(peer, msg.accept_deflate);
+                    self.on_message(stream, msg.kind, msg.request_id, msg.body, now);
+                }
+                Ok(Some(Decoded::Oversize {
+                    request_id, limit, ..
+                })) => {
+                    self.on_oversize_response(stream, request_id, limit, now);
+                }
+                Err(e) => {
+                    let err = RequestError::Protocol(e.to_string());
+                    self.fail_stream(stream, err.clone(), err, true, now);
+                    return;
+                }
+            }
+        }
+        self.drain_pool(now);
+    }
+
+    /// `n` bytes handed out for `stream` were written to it.
+    pub fn handle_flushed(&mut self, stream: StreamId, n: usize, now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.last_active = now;
+        let flushed = s.tx.flushed(stream, &mut self.ready, n);
+        let mut sent = Vec::new();
+        while let Some(&(end, wire)) = s.write_marks.front() {
+            if end > flushed {
+                break;
+            }
+            s.write_marks.pop_front();
+            sent.push(wire);
+        }
+        let read_deadline = now + self.cfg.read_timeout;
+        for wire in sent {
+            if let Some(a) = self.attempts.get_mut(&wire)
+                && a.phase == Phase::Writing
+            {
+                let old = a.deadline;
+                a.phase = Phase::Reading;
+                a.deadline = read_deadline;
+                self.timers.remove(&(old, Timer::Attempt(wire)));
+                self.timers.insert((read_deadline, Timer::Attempt(wire)));
+            }
+        }
+    }
+
+    /// The remote reset `stream`, or it broke.
+    pub fn handle_stream_reset(&mut self, stream: StreamId, now: Instant) {
+        self.fail_stream(
+            stream,
+            RequestError::StreamReset,
+            RequestError::StreamReset,
+            false,
+            now,
+        );
+    }
+
+    /// The remote closed its side of `stream` (end of file).
+    pub fn handle_stream_closed(&mut self, stream: StreamId, now: Instant) {
+        self.handle_stream_reset(stream, now)
+    }
+
+    /// Time passed: fire every deadline due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Attempt(wire) => self.on_attempt_deadline(wire, now),
+                Timer::Retry(id) => self.on_retry(id, now),
+                Timer::Deadline(id) => {
+                    if self.requests.contains_key(&id) {
+                        self.finish(id, Err(RequestError::Timeout), now);
+                    }
+                }
+                Timer::Open(stream) => {
+                    if self.streams.get(&stream).is_some_and(|s| !s.open) {
+                        self.fail_stream(
+                            stream,
+                            RequestError::ConnectTimeout,
+                            RequestError::ConnectTimeout,
+                            true,
+                            now,
+                        );
+                    }
+                }
+            }
+        }
+        self.pool.handle_timeout(now);
+        self.drain_pool(now);
+    }
+
+    // ----- poll_* -----
+
+    /// The next thing to do or report.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next bytes to write. Streams take turns; a stream with
+    /// [`STREAM_WINDOW`] bytes unflushed waits for [`Client::handle_flushed`].
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = next_transmit(&mut self.ready, &mut self.streams)?;
+        self.metrics.bytes_written += t.data.len() as u64;
+        if let Some(s) = self.streams.get_mut(&t.stream) {
+            // Requests whose last byte just went out start their read phase once flushed.
+            let emitted = s.tx.emitted;
+            for &wire in &s.attempts {
+                if self
+                    .attempts
+                    .get(&wire)
+                    .is_some_and(|a| a.phase == Phase::Writing)
+                    && !s.tx.out.contains(wire)
+                    && !s.write_marks.iter().any(|&(_, w)| w == wire)
+                {
+                    s.write_marks.push_back((emitted, wire));
+                }
+            }
+        }
+        Some(t)
+    }
+
+    /// When [`Client::handle_timeout`] must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = self.timers.first().map(|(at, _)| *at);
+        match (t, self.pool.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- internals -----
+
+    fn check_new(&self, body: &Bytes) -> Result<(), RequestError> {
+        if self.closed {
+            return Err(RequestError::Closed);
+        }
+        if body.len() > self.cfg.max_block_size {
+            return Err(RequestError::Oversize {
+                size: body.len(),
+                limit: self.cfg.max_block_size,
+                side: Side::Local,
+            });
+        }
+        Ok(())
+    }
+
+    fn start(
+        &mut self,
+        protocol: Protocol,
+        body: Bytes,
+        target: Target,
+        width: usize,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.metrics.requests += 1;
+        self.requests.insert(
+            id,
+            Req {
+                protocol,
+                body,
+                compressed: None,
+                target,
+                attempts: 0,
+                live: Vec::new(),
+                retry_at: None,
+                deadline,
+            },
+        );
+        if let Some(d) = deadline {
+            self.timers.insert((d, Timer::Deadline(id)));
+        }
+        for _ in 0..width {
+            self.start_attempt(id, now);
+        }
+        self.drain_pool(now);
+        id
+    }
+
+    fn start_attempt(&mut self, id: RequestId, now: Instant) {
+        // Act on grants the pool made but we have not applied yet (a new
+        // stream for a waiter, after a discard or release): otherwise
+        // `acquire` below can hand out a slot on a stream we have not
+        // created, the attempt is attached to nothing and hangs
+        // (found by pointsub-sim, seed 7; tests/sim_regressions.rs).
+        self.drain_pool(now);
+        let Some(req) = self.requests.get_mut(&id) else {
+            return;
+        };
+        let node = match &mut req.target {
+            Target::Peer(p) => p.clone(),
+            Target::Closest { order, next } => {
+                let n = order[*next % order.len()].clone();
+                *next += 1;
+                n
+            }
+        };
+        req.attempts += 1;
+        if req.attempts > 1 {
+            self.metrics.retries += 1;
+        }
+        self.metrics.attempts += 1;
+        let attempt_no = req.attempts;
+        let key = (node.clone(), req.protocol.clone());
+        let wire = self.next_wire;
+        self.next_wire += 1;
+        req.live.push(wire);
+        self.events.push_back(ClientEvent::AttemptStarted {
+            id,
+            peer: node.clone(),
+            attempt: attempt_no,
+        });
+        self.attempts.insert(
+            wire,
+            Attempt {
+                req: id,
+                node,
+                stream: None,
+                phase: Phase::Queued,
+                deadline: Instant::MAX,
+            },
+        );
+        let acq = self.pool.acquire(&key, wire, now);
+        self.apply_grant(wire, acq, now);
+    }
+
+    fn apply_grant(&mut self, wire: u64, acq: Acquire, now: Instant) {
+        match acq {
+            Acquire::Ready(stream) => {
+                self.attach(wire, stream, now);
+                self.write_request(wire, stream, now);
+            }
+            Acquire::Pending(stream) => self.attach(wire, stream, now),
+            Acquire::Open(stream) => {
+                self.new_stream(stream, now);
+                self.attach(wire, stream, now);
+            }
+            Acquire::Queued => {
+                let deadline = now + self.cfg.pool_timeout;
+                self.set_attempt_deadline(wire, Phase::Queued, deadline);
+            }
+        }
+    }
+
+    fn new_stream(&mut self, stream: StreamId, now: Instant) {
+        let Some(key) = self.pool.key_of(stream).cloned() else {
+            return;
+        };
+        let open_deadline = now + self.cfg.connect_timeout;
+        self.timers.insert((open_deadline, Timer::Open(stream)));
+        self.metrics.streams_opened += 1;
+        self.events.push_back(ClientEvent::OpenStream {
+            stream,
+            peer: key.0.clone(),
+            protocol: key.1.clone(),
+        });
+        self.streams.insert(
+            stream,
+            Stream {
+                key,
+                open: false,
+                open_deadline,
+                decoder: MessageDecoder::new(self.cfg.max_block_size),
+                tx: Outgoing::new(),
+                attempts: BTreeSet::new(),
+                write_marks: VecDeque::new(),
+                opened_at: now,
+                last_active: now,
+                bytes_in: 0,
+                requests: 0,
+            },
+        );
+    }
+
+    /// Binds an attempt to a stream (open or opening).
+    fn attach(&mut self, wire: u64, stream: StreamId, _now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.attempts.insert(wire);
+        s.requests += 1;
+        let open_deadline = s.open_deadline;
+        let open = s.open;
+        if let Some(a) = self.attempts.get_mut(&wire) {
+            a.stream = Some(stream);
+        }
+        if !open && let Some(a) = self.attempts.get_mut(&wire) {
+            // The stream's own open timer bounds this phase: no attempt timer.
+            self.timers.remove(&(a.deadline, Timer::Attempt(wire)));
+            a.phase = Phase::Opening;
+            a.deadline = open_deadline;
+        }
+    }
+
+    fn set_attempt_deadline(&mut self, wire: u64, phase: Phase, deadline: Instant) {
+        if let Some(a) = self.attempts.get_mut(&wire) {
+            self.timers.remove(&(a.deadline, Timer::Attempt(wire)));
+            a.phase = phase;
+            a.deadline = deadline;
+            self.timers.insert((deadline, Timer::Attempt(wire)));
+        }
+    }
+
+    /// Queues the attempt's request frames on its (open) stream.
+    fn write_request(&mut self, wire: u64, stream: StreamId, now: Instant) {
+        let Some(a) = self.attempts.get(&wire) else {
+            return;
+        };
+        let Some(req) = self.requests.get_mut(&a.req) else {
+            return;
+        };
+        let mut flags = Flags::empty();
+        if self.cfg.compression {
+            flags = flags.with(Flags::ACCEPT_DEFLATE);
+        }
+        let peer_ok = self.peer_deflate.get(&a.node).copied().unwrap_or(true);
+        let mut body = req.body.clone();
+        if self.cfg.compression && peer_ok && body.len() >= self.cfg.compression_threshold {
+            let c = req
+                .compressed
+                .get_or_insert_with(|| compress::compress(&body, self.cfg.compression_threshold));
+            if let Some(c) = c {
+                body = c.clone();
+                flags = flags.with(Flags::COMPRESSED);
+            }
+        }
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.tx.push(
+            stream,
+            &mut self.ready,
+            FrameKind::Request,
+            wire,
+            flags,
+            body,
+        );
+        let deadline = now + self.cfg.write_timeout;
+        self.set_attempt_deadline(wire, Phase::Writing, deadline);
+    }
+
+    fn on_message(
+        &mut self,
+        stream: StreamId,
+        kind: FrameKind,
+        wire: u64,
+        body: Bytes,
+        now: Instant,
+    ) {
+        let on_this_stream = self
+            .attempts
+            .get(&wire)
+            .is_some_and(|a| a.stream == Some(stream));
+        match kind {
+            FrameKind::Response | FrameKind::Error if !on_this_stream => {
+                self.metrics.late_frames += 1;
+            }
+            FrameKind::Response => {
+                let Some(a) = self.detach(wire, true, now) else {
+                    return;
+                };
+                self.router.record_success(&a.node);
+                self.finish(a.req, Ok(Response { body, peer: a.node }), now);
+            }
+            FrameKind::Error => {
+                let (code, message) = frame::decode_error_body(&body);
+                let protocol = self
+                    .attempts
+                    .get(&wire)
+                    .and_then(|a| self.requests.get(&a.req))
+                    .map(|r| (r.protocol.clone(), r.body.len()));
+                let Some((protocol, size)) = protocol else {
+                    return;
+                };
+                let err = match code {
+                    ErrorCode::Busy => RequestError::Busy(message),
+                    ErrorCode::Handler => RequestError::Handler(message),
+                    ErrorCode::Oversize => RequestError::Oversize {
+                        size,
+                        limit: last_number(&message).unwrap_or(0),
+                        side: Side::Remote,
+                    },
+                    ErrorCode::UnsupportedProtocol => RequestError::UnsupportedProtocol(protocol),
+                    ErrorCode::ShuttingDown => RequestError::ShuttingDown,
+                    ErrorCode::Forbidden => RequestError::Forbidden(message),
+                    ErrorCode::Timeout => RequestError::ReadTimeout,
+                    ErrorCode::Protocol => {
+                        let err = RequestError::Protocol(message);
+                        self.fail_stream(stream, err.clone(), RequestError::StreamReset, true, now);
+                        return;
+                    }
+                    other => RequestError::Remote {
+                        code: other.to_u8(),
+                        message,
+                    },
+                };
+                self.fail_attempt(wire, err, true, now);
+            }
+            FrameKind::Request | FrameKind::Cancel => {
+                let err = RequestError::Protocol(format!("server sent a {kind:?} frame"));
+                self.fail_stream(stream, err.clone(), err, true, now);
+            }
+        }
+    }
+
+    fn on_oversize_response(&mut self, stream: StreamId, wire: u64, limit: usize, now: Instant) {
+        if self.attempts.get(&wire).is_none_or(|a| a.stream != Some(stream)) {
+            self.metrics.late_frames += 1;
+            return;
+        }
+        let err = RequestError::Oversize {
+            size: limit.saturating_add(1),
+            limit,
+            side: Side::Local,
+        };
+        self.fail_attempt(wire, err, true, now);
+    }
+
+    fn on_attempt_deadline(&mut self, wire: u64, now: Instant) {
+        let Some(a) = self.attempts.get(&wire) else {
+            return;
+        };
+        match a.phase {
+            Phase::Queued => {
+                self.pool.cancel_waiter(wire);
+                self.fail_attempt(wire, RequestError::PoolTimeout, false, now);
+            }
+            Phase::Opening => {} // the stream's open timer handles it
+            Phase::Writing => {
+                // Part of the request may be on the wire: the stream is unusable.
+                if let Some(stream) = a.stream {
+                    self.fail_stream(
+                        stream,
+                        RequestError::WriteTimeout,
+                        RequestError::StreamReset,
+                        true,
+                        now,
+                    );
+                }
+            }
+            Phase::Reading => {
+                if let Some(stream) = a.stream
+                    && let Some(s) = self.streams.get_mut(&stream)
+                {
+                    s.tx.push(
+                        stream,
+                        &mut self.ready,
+                        FrameKind::Cancel,
+                        wire,
+                        Flags::empty(),
+                        Bytes::new(),
+                    );
+                }
+                self.fail_attempt(wire, RequestError::ReadTimeout, true, now);
+            }
+        }
+        self.drain_pool(now);
+    }
+
+    fn on_retry(&mut self, id: RequestId, now: Instant) {
+        if let Some(req) = self.requests.get_mut(&id)
+            && req.retry_at.is_some()
+        {
+            req.retry_at = None;
+            self.start_attempt(id, now);
+            self.drain_pool(now);
+        }
+    }
+
+    /// Removes an attempt and its stream binding; `healthy` releases its pool
+    /// slot (the stream stays usable), otherwise the caller discards the stream.
+    fn detach(&mut self, wire: u64, healthy: bool, now: Instant) -> Option<Attempt> {
+        let a = self.attempts.remove(&wire)?;
+        self.timers.remove(&(a.deadline, Timer::Attempt(wire)));
+        if let Some(req) = self.requests.get_mut(&a.req) {
+            req.live.retain(|&w| w != wire);
+        }
+        match a.stream {
+            None => {
+                if a.phase == Phase::Queued {
+                    self.pool.cancel_waiter(wire);
+                }
+            }
+            Some(stream) => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.attempts.remove(&wire);
+                    s.write_marks.retain(|&(_, w)| w != wire);
+                    if healthy {
+                        self.pool.release(stream, now);
+                    }
+                }
+            }
+        }
+        Some(a)
+    }
+
+    /// Ends one attempt with `err`, then retries, fails over or ends the request.
+    fn fail_attempt(&mut self, wire: u64, err: RequestError, healthy: bool, now: Instant) {
+        let Some(a) = self.detach(wire, healthy, now) else {
+            return;
+        };
+        let node_fault = err.is_retryable();
+        let Some(req) = self.requests.get_mut(&a.req) else {
+            return;
+        };
+        if node_fault && matches!(req.target, Target::Closest { .. }) {
+            self.router.record_failure(&a.node, now);
+        }
+        if !req.live.is_empty() {
+            return; // a hedged sibling may still answer
+        }
+        let auto = match err {
+            RequestError::ReadTimeout => self.cfg.retry_on_read_timeout,
+            RequestError::PoolTimeout => false,
+            ref e => e.is_retryable(),
+        };
+        let budget_left = req.attempts <= self.cfg.max_retries;
+        if !(auto && budget_left) {
+            self.finish(a.req, Err(err), now);
+            return;
+        }
+        // Failover to a different node goes at once; retrying the same node waits.
+        let next_differs = match &req.target {
+            Target::Peer(_) => false,
+            Target::Closest { order, next } => {
+                let n = &order[*next % order.len()];
+                *n != a.node && !self.router.is_cooling(n, now)
+            }
+        };
+        if next_differs {
+            self.start_attempt(a.req, now);
+        } else {
+            let delay = self.backoff.delay(req.attempts, &mut self.rng);
+            let at = now + delay;
+            req.retry_at = Some(at);
+            self.timers.insert((at, Timer::Retry(a.req)));
+        }
+    }
+
+    /// Discards a broken stream: attempts bound to it end with `first`
+    /// (those writing or opening) or `others`.
+    fn fail_stream(
+        &mut self,
+        stream: StreamId,
+        first: RequestError,
+        others: RequestError,
+        close: bool,
+        now: Instant,
+    ) {
+        let Some(s) = self.streams.get(&stream) else {
+            return;
+        };
+        let wires: Vec<u64> = s.attempts.iter().copied().collect();
+        self.pool.discard(stream, now);
+        if close {
+            self.events.push_back(ClientEvent::CloseStream { stream });
+        }
+        if let Some(s) = self.streams.remove(&stream) {
+            self.timers.remove(&(s.open_deadline, Timer::Open(stream)));
+        }
+        for wire in wires {
+            let phase = self.attempts.get(&wire).map(|a| a.phase);
+            let err = match phase {
+                Some(Phase::Writing) | Some(Phase::Opening) => first.clone(),
+                _ => others.clone(),
+            };
+            self.fail_attempt(wire, err, false, now);
+        }
+        self.drain_pool(now);
+    }
+
+    /// Ends a request: cancels its live attempts and reports the outcome.
+    fn finish(&mut self, id: RequestId, result: Result<Response, RequestError>, now: Instant) {
+        let Some(req) = self.requests.remove(&id) else {
+            return;
+        };
+        if let Some(d) = req.deadline {
+            self.timers.remove(&(d, Timer::Deadline(id)));
+        }
+        if let Some(at) = req.retry_at {
+            self.timers.remove(&(at, Timer::Retry(id)));
+        }
+        for wire in req.live {
+            let Some(a) = self.attempts.get(&wire) else {
+                continue;
+            };
+            let stream = a.stream;
+            let phase = a.phase;
+            if let Some(stream) = stream
+                && let Some(s) = self.streams.get_mut(&stream)
+                && s.open
+                && matches!(phase, Phase::Writing | Phase::Reading)
+            {
+                // Unsent: drop it from the queue; sent: tell the server.
+                if !s.tx.out.cancel(wire) {
+                    s.tx.push(
+                        stream,
+                        &mut self.ready,
+                        FrameKind::Cancel,
+                        wire,
+                        Flags::empty(),
+                        Bytes::new(),
+                    );
+                }
+            }
+            self.detach(wire, true, now);
+        }
+        match &result {
+            Ok(_) => self.metrics.succeeded += 1,
+            Err(_) => self.metrics.failed += 1,
+        }
+        self.events.push_back(ClientEvent::Completed {
+            id,
+            result,
+            attempts: req.attempts,
+        });
+    }
+
+    /// Acts on the pool's grants and evictions.
+    fn drain_pool(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(g) = self.pool.poll_grant() {
+                progressed = true;
+                if !self.attempts.contains_key(&g.waiter) {
+                    // The waiter is gone: hand the slot straight back.
+                    match g.kind {
+                        GrantKind::Open => {
+                            self.pool.discard(g.stream, now);
+                        }
+                        _ => self.pool.release(g.stream, now),
+                    }
+                    continue;
+                }
+                let acq = match g.kind {
+                    GrantKind::Ready => Acquire::Ready(g.stream),
+                    GrantKind::Pending => Acquire::Pending(g.stream),
+                    GrantKind::Open => Acquire::Open(g.stream),
+                };
+                self.apply_grant(g.waiter, acq, now);
+            }
+            while let Some(stream) = self.pool.poll_close() {
+                progressed = true;
+                if self
+                    .streams
+                    .get(&stream)
+                    .is_some_and(|s| !s.attempts.is_empty())
+                {
+                    self.fail_stream(
+                        stream,
+                        RequestError::StreamReset,
+                        RequestError::StreamReset,
+                        true,
+                        now,
+                    );
+                } else {
+                    self.forget_stream(stream);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn forget_stream(&mut self, stream: StreamId) {
+        if let Some(s) = self.streams.remove(&stream) {
+            self.timers.remove(&(s.open_deadline, Timer::Open(stream)));
+            self.events.push_back(ClientEvent::CloseStream { stream });
+        }
+    }
+}
+
+/// The last run of decimal digits in `s`, if any (the limit in an Oversize message).
+fn last_number(s: &str) -> Option<usize> {
+    let end = s.rfind(|c: char| c.is_ascii_digit())? + 1;
+    let start = s[..end]
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    s[start..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_number_parses_limits() {
+        assert_eq!(last_number("limit is 1024 bytes"), Some(1024));
+        assert_eq!(last_number("1048576"), Some(1048576));
+        assert_eq!(last_number("none"), None);
+    }
+}

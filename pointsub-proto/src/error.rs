@@ -1,0 +1,193 @@
+//! Errors of the core, one enum per layer. Every error can say whether a retry
+//! may help (`is_retryable`), which is what the client's retry policy and the
+//! adapters' callers decide on.
+
+use crate::Protocol;
+pub use crate::compress::DecompressError;
+pub use crate::frame::FrameError;
+pub use crate::route::RouteError;
+
+/// Which side of the exchange enforced a size limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// This node refused to send or to accept the body.
+    Local,
+    /// The remote node refused it.
+    Remote,
+}
+
+/// Why a request ended without a response. Exactly one outcome ends every
+/// request: its response or one of these.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The destination is this node itself; a client cannot send to itself.
+    #[error("cannot send a request to the local node")]
+    SelfSend,
+    /// The client was closed before the request ended.
+    #[error("client closed")]
+    Closed,
+    /// The caller cancelled the request.
+    #[error("request cancelled")]
+    Cancelled,
+    /// The body is larger than the limit of the side that refused it.
+    #[error("body of {size} bytes exceeds the {side:?} limit of {limit} bytes")]
+    Oversize {
+        /// Size of the body (or as much as was seen of it before refusing).
+        size: usize,
+        /// The limit that was exceeded.
+        limit: usize,
+        /// Which side refused it.
+        side: Side,
+    },
+    /// Opening a stream to the peer did not finish within the connect timeout.
+    #[error("connect timeout: no stream to the peer within the connect timeout")]
+    ConnectTimeout,
+    /// The peer could not be reached (no address, dial failed, connection lost while opening).
+    #[error("connect failed: {0}")]
+    ConnectFailed(String),
+    /// The peer does not serve this protocol.
+    #[error("protocol {0} not supported by the peer")]
+    UnsupportedProtocol(Protocol),
+    /// The request could not be written within the write timeout.
+    #[error("write timeout")]
+    WriteTimeout,
+    /// No response arrived within the read timeout after the request was sent.
+    #[error("read timeout: no response within the read timeout")]
+    ReadTimeout,
+    /// The caller's overall deadline for the request passed.
+    #[error("request deadline passed")]
+    Timeout,
+    /// No pooled stream became free within the pool timeout.
+    #[error("no stream became free in the pool within the pool timeout")]
+    PoolTimeout,
+    /// The stream carrying the request was reset or closed before the response.
+    #[error("stream reset before the response arrived")]
+    StreamReset,
+    /// The server is at its admission limit and shed the request.
+    #[error("server busy: {0}")]
+    Busy(String),
+    /// The server is shutting down and refused or abandoned the request.
+    #[error("server shutting down")]
+    ShuttingDown,
+    /// The server's handler returned an error; its message is carried here.
+    #[error("handler error: {0}")]
+    Handler(String),
+    /// The server refused this peer (access control).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The server reported an error this version does not know.
+    #[error("remote error (code {code}): {message}")]
+    Remote {
+        /// The raw error code.
+        code: u8,
+        /// The message that came with it.
+        message: String,
+    },
+    /// The peer broke the wire protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// Closest-node routing could not pick a node.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+}
+
+impl RequestError {
+    /// Whether sending the same request again (later, or to another node) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RequestError::ConnectTimeout
+                | RequestError::ConnectFailed(_)
+                | RequestError::WriteTimeout
+                | RequestError::ReadTimeout
+                | RequestError::StreamReset
+                | RequestError::Busy(_)
+                | RequestError::ShuttingDown
+                | RequestError::PoolTimeout
+        )
+    }
+
+    /// A short stable name for the error's kind, for metrics and summaries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RequestError::SelfSend => "self_send",
+            RequestError::Closed => "closed",
+            RequestError::Cancelled => "cancelled",
+            RequestError::Oversize { .. } => "oversize",
+            RequestError::ConnectTimeout => "connect_timeout",
+            RequestError::ConnectFailed(_) => "connect_failed",
+            RequestError::UnsupportedProtocol(_) => "unsupported_protocol",
+            RequestError::WriteTimeout => "write_timeout",
+            RequestError::ReadTimeout => "read_timeout",
+            RequestError::Timeout => "timeout",
+            RequestError::PoolTimeout => "pool_timeout",
+            RequestError::StreamReset => "stream_reset",
+            RequestError::Busy(_) => "busy",
+            RequestError::ShuttingDown => "shutting_down",
+            RequestError::Handler(_) => "handler",
+            RequestError::Forbidden(_) => "forbidden",
+            RequestError::Remote { .. } => "remote",
+            RequestError::Protocol(_) => "protocol",
+            RequestError::Route(_) => "route",
+        }
+    }
+}
+
+/// Why the server core refused an inbound stream or a call.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// No handler is registered for this protocol.
+    #[error("protocol {0} not served here")]
+    UnsupportedProtocol(Protocol),
+    /// The protocol already has a handler.
+    #[error("protocol {0} already registered")]
+    AlreadyRegistered(Protocol),
+    /// The peer already has as many inbound streams as allowed.
+    #[error("peer has {open} inbound streams, the limit is {limit}")]
+    TooManyStreams {
+        /// Streams the peer has open.
+        open: usize,
+        /// The per-peer limit.
+        limit: usize,
+    },
+    /// The peer is not on the protocol's allow-list.
+    #[error("peer not allowed on protocol {0}")]
+    Forbidden(Protocol),
+    /// The server is stopping and accepts no new streams.
+    #[error("server shutting down")]
+    ShuttingDown,
+}
+
+impl ServerError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ServerError::TooManyStreams { .. } | ServerError::ShuttingDown
+        )
+    }
+}
+
+/// A configuration value that cannot work, named by its option.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+#[error("invalid configuration: {option} {reason}")]
+pub struct ConfigError {
+    /// The option's name, as in its `with_*` builder (without the prefix).
+    pub option: &'static str,
+    /// What is wrong with its value.
+    pub reason: &'static str,
+}
+
+impl ConfigError {
+    pub(crate) fn new(option: &'static str, reason: &'static str) -> Self {
+        ConfigError { option, reason }
+    }
+
+    /// Never: a configuration does not fix itself.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,769 @@
+//! The server state machine: inbound streams, admission, dispatch by protocol,
+//! responses, timeouts and graceful shutdown.
+//!
+//! See [`Server`] for the polling discipline.
+
+use crate::admission::{Admission, Rejection};
+use crate::compress;
+use crate::config::ServerConfig;
+use crate::error::{ConfigError, ServerError};
+use crate::frame::{self, Decoded, ErrorCode, Flags, FrameKind, MessageDecoder};
+use crate::metrics::{ConnectionInfo, ServerMetrics};
+use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
+use crate::{Instant, PeerKey, Protocol, StreamId};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Longest handler error message sent back; longer ones are cut.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// What the server needs the adapter to do, or tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// Run the protocol's handler on `body`, then call [`Server::respond`]
+    /// with the same stream and request id. Every `Request` must be answered
+    /// that way exactly once, even after the stream went away or a
+    /// [`ServerEvent::Cancel`] (the answer is then dropped, and the admission
+    /// slot freed).
+    Request {
+        /// The stream the request came on.
+        stream: StreamId,
+        /// The request's id on that stream.
+        request_id: u64,
+        /// The authenticated peer that sent it.
+        peer: PeerKey,
+        /// The protocol it was sent on.
+        protocol: Protocol,
+        /// The request body, decompressed.
+        body: Bytes,
+    },
+    /// The client gave up on the request; the handler may be aborted.
+    Cancel {
+        /// The stream.
+        stream: StreamId,
+        /// The request's id on that stream.
+        request_id: u64,
+    },
+    /// Close the stream: gracefully (`reset == false`) or by resetting it.
+    /// The core has forgotten it.
+    CloseStream {
+        /// The stream.
+        stream: StreamId,
+        /// Whether to reset rather than close.
+        reset: bool,
+    },
+    /// [`Server::shutdown`] finished: no request is being handled any more.
+    Stopped,
+}
+
+struct Handling {
+    peer: PeerKey,
+    accept_deflate: bool,
+    cancelled: bool,
+}
+
+struct InStream {
+    peer: PeerKey,
+    protocol: Protocol,
+    decoder: MessageDecoder,
+    tx: Outgoing,
+    forbidden: bool,
+    /// Stop reading: answered a protocol error, closing once flushed.
+    broken: bool,
+    /// The client closed its side; close ours once everything is answered.
+    remote_closed: bool,
+    handling: usize,
+    opened_at: Instant,
+    last_active: Instant,
+    read_started: Option<Instant>,
+    last_flush: Instant,
+    deadline: Instant,
+    bytes_in: u64,
+    requests: u64,
+}
+
+impl HasOutgoing for InStream {
+    fn outgoing(&mut self) -> &mut Outgoing {
+        &mut self.tx
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Stream(StreamId),
+    Adjust,
+    Shutdown,
+}
+
+/// The server side of pointsub, without I/O.
+///
+/// # Polling
+/// After every call that feeds it (`handle_*`, [`Server::respond`],
+/// [`Server::shutdown`]), drain [`Server::poll_event`] and
+/// [`Server::poll_transmit`] until both return `None`, then wake it at
+/// [`Server::poll_timeout`] with [`Server::handle_timeout`].
+///
+/// # Guarantees
+/// Every complete request gets exactly one answer on its stream: the
+/// handler's response, or an error frame (Busy when admission sheds it,
+/// Oversize, Handler with the handler's message, ShuttingDown, Forbidden).
+/// Load is shed with a typed answer, never dropped.
+pub struct Server {
+    cfg: ServerConfig,
+    protocols: BTreeSet<Protocol>,
+    allow: BTreeMap<Protocol, BTreeSet<PeerKey>>,
+    admission: Admission,
+    streams: BTreeMap<StreamId, InStream>,
+    streams_per_peer: BTreeMap<PeerKey, usize>,
+    handling: BTreeMap<(StreamId, u64), Handling>,
+    ready: VecDeque<StreamId>,
+    timers: BTreeSet<(Instant, Timer)>,
+    events: VecDeque<ServerEvent>,
+    next_stream: u64,
+    next_adjust: Option<Instant>,
+    shutdown: Option<Instant>,
+    stopped: bool,
+    metrics: ServerMetrics,
+    limit_range: (usize, usize),
+}
+
+impl Server {
+    /// A server core, after checking `cfg`.
+    pub fn new(cfg: ServerConfig) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let admission = Admission::new(cfg.admission());
+        let limit = admission.limit();
+        Ok(Server {
+            cfg,
+            protocols: BTreeSet::new(),
+            allow: BTreeMap::new(),
+            admission,
+            streams: BTreeMap::new(),
+            streams_per_peer: BTreeMap::new(),
+            handling: BTreeMap::new(),
+            ready: VecDeque::new(),
+            timers: BTreeSet::new(),
+            events: VecDeque::new(),
+            next_stream: 1,
+            next_adjust: None,
+            shutdown: None,
+            stopped: false,
+            metrics: ServerMetrics::default(),
+            limit_range: (limit, limit),
+        })
+    }
+
+    // ----- getters -----
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> ServerMetrics {
+        let mut m = self.metrics.clone();
+        m.active = self.handling.len() as u64;
+        m
+    }
+
+    /// The current admission limit (requests handled at once).
+    pub fn admission_limit(&self) -> usize {
+        self.admission.limit()
+    }
+
+    /// The lowest and highest admission limit seen so far.
+    pub fn admission_limit_range(&self) -> (usize, usize) {
+        self.limit_range
+    }
+
+    /// Requests admitted and not answered yet.
+    pub fn active(&self) -> usize {
+        self.admission.active()
+    }
+
+    /// Protocols with a handler.
+    pub fn protocols(&self) -> impl Iterator<Item = &Protocol> {
+        self.protocols.iter()
+    }
+
+    /// Whether [`Server::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    /// One entry per inbound stream.
+    pub fn connections(&self, now: Instant) -> Vec<ConnectionInfo> {
+        self.streams
+            .iter()
+            .map(|(id, s)| ConnectionInfo {
+                stream: *id,
+                remote: s.peer.clone(),
+                protocol: s.protocol.clone(),
+                opened_at: s.opened_at,
+                last_active: s.last_active,
+                idle: now.saturating_duration_since(s.last_active),
+                bytes_in: s.bytes_in,
+                bytes_out: s.tx.emitted,
+                requests: s.requests,
+                in_flight: s.handling,
+            })
+            .collect()
+    }
+
+    // ----- mutators -----
+
+    /// Serves `protocol` from now on.
+    pub fn register(&mut self, protocol: Protocol) -> Result<(), ServerError> {
+        if self.shutdown.is_some() {
+            return Err(ServerError::ShuttingDown);
+        }
+        if !self.protocols.insert(protocol.clone()) {
+            return Err(ServerError::AlreadyRegistered(protocol));
+        }
+        Ok(())
+    }
+
+    /// Stops serving `protocol` for new streams; returns whether it was served.
+    pub fn unregister(&mut self, protocol: &Protocol) -> bool {
+        self.protocols.remove(protocol)
+    }
+
+    /// Restricts `protocol` to the given peers (`None`: everyone). Others get
+    /// a Forbidden answer to each request.
+    pub fn set_allow_list(&mut self, protocol: Protocol, peers: Option<BTreeSet<PeerKey>>) {
+        match peers {
+            Some(p) => {
+                self.allow.insert(protocol, p);
+            }
+            None => {
+                self.allow.remove(&protocol);
+            }
+        }
+    }
+
+    /// Starts a graceful stop: new requests are answered ShuttingDown,
+    /// requests being handled may finish until `deadline`; then the rest are
+    /// answered ShuttingDown and [`ServerEvent::Stopped`] is emitted.
+    pub fn shutdown(&mut self, deadline: Instant, now: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        self.shutdown = Some(deadline);
+        self.timers.insert((deadline, Timer::Shutdown));
+        self.check_stopped(now);
+    }
+
+    /// Answers a request announced by [`ServerEvent::Request`]: the
+    /// handler's body, or its error message.
+    pub fn respond(
+        &mut self,
+        stream: StreamId,
+        request_id: u64,
+        result: Result<Bytes, String>,
+        now: Instant,
+    ) {
+        let Some(h) = self.handling.remove(&(stream, request_id)) else {
+            return; // answered already, or abandoned at shutdown
+        };
+        self.admission.release(&h.peer);
+        let alive = self.streams.contains_key(&stream);
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.handling -= 1;
+            s.last_active = now;
+        }
+        if alive && !h.cancelled {
+            match result {
+                Ok(body) if body.len() > self.cfg.max_block_size => {
+                    let msg = format!(
+                        "response body of {} bytes exceeds the server limit of {} bytes",
+                        body.len(),
+                        self.cfg.max_block_size
+                    );
+                    self.send_error(stream, request_id, ErrorCode::Oversize, &msg);
+                    self.metrics.failed += 1;
+                }
+                Ok(body) => {
+                    let mut flags = self.own_flags();
+                    let mut body = body;
+                    if self.cfg.compression
+                        && h.accept_deflate
+                        && let Some(c) = compress::compress(&body, self.cfg.compression_threshold)
+                    {
+                        body = c;
+                        flags = flags.with(Flags::COMPRESSED);
+                    }
+                    self.push(stream, FrameKind::Response, request_id, flags, body);
+                    self.metrics.succeeded += 1;
+                }
+                Err(msg) => {
+                    let msg = truncate(&msg, MAX_ERROR_MESSAGE);
+                    self.send_error(stream, request_id, ErrorCode::Handler, msg);
+                    self.metrics.failed += 1;
+                }
+            }
+            if let Some(s) = self.streams.get_mut(&stream) {
+                s.requests += 1;
+            }
+        }
+        self.rearm(stream, now);
+        self.check_stopped(now);
+    }
+
+    // ----- handle_* -----
+
+    /// A peer opened a stream for `protocol`. Refusals say why (the adapter
+    /// resets the stream).
+    pub fn handle_inbound_stream(
+        &mut self,
+        peer: PeerKey,
+        protocol: Protocol,
+        now: Instant,
+    ) -> Result<StreamId, ServerError> {
+        let refuse = if self.stopped {
+            Some(ServerError::ShuttingDown)
+        } else if !self.protocols.contains(&protocol) {
+            Some(ServerError::UnsupportedProtocol(protocol.clone()))
+        } else {
+            let open = self.streams_per_peer.get(&peer).copied().unwrap_or(0);
+            (open >= self.cfg.max_streams_per_peer).then_some(ServerError::TooManyStreams {
+                open,
+                limit: self.cfg.max_streams_per_peer,
+            })
+        };
+        if let Some(e) = refuse {
+            self.metrics.streams_refused += 1;
+            return Err(e);
+        }
+        let forbidden = self
+            .allow
+            .get(&protocol)
+            .is_some_and(|set| !set.contains(&peer));
+        let id = StreamId(self.next_stream);
+        self.next_stream += 1;
+        *self.streams_per_peer.entry(peer.clone()).or_insert(0) += 1;
+        self.metrics.streams_accepted += 1;
+        self.streams.insert(
+            id,
+            InStream {
+                peer,
+                protocol,
+                decoder: MessageDecoder::new(self.cfg.max_block_size),
+                tx: Outgoing::new(),
+                forbidden,
+                broken: false,
+                remote_closed: false,
+                handling: 0,
+                opened_at: now,
+                last_active: now,
+                read_started: None,
+                last_flush: now,
+                deadline: Instant::MAX,
+                bytes_in: 0,
+                requests: 0,
+            },
+        );
+        self.ensure_adjust(now);
+        self.rearm(id, now);
+        Ok(id)
+    }
+
+    /// Bytes arrived on `stream`.
+    pub fn handle_data(&mut self, stream: StreamId, data: &[u8], now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if s.broken {
+            return;
+        }
+        s.last_active = now;
+        s.bytes_in += data.len() as u64;
+        self.metrics.bytes_read += data.len() as u64;
+        s.decoder.push(data);
+        loop {
+            let Some(s) = self.streams.get_mut(&stream) else {
+                return;
+            };
+            match s.decoder.next() {
+                Ok(None) => break,
+                Ok(Some(Decoded::Message(m))) => match m.kind {
+                    FrameKind::Request => {
+                        self.on_request(stream, m.request_id, m.accept_deflate, m.body)
+                    }
+                    FrameKind::Cancel => self.on_cancel(stream, m.request_id),
+                    FrameKind::Response | FrameKind::Error => {
+                        let msg = format!("a client sent a {:?} frame", m.kind);
+                        self.protocol_error(stream, m.request_id, &msg, now);
+                        return;
+                    }
+                },
+                Ok(Some(Decoded::Oversize {
+                    kind,
+                    request_id,
+                    limit,
+                })) => {
+                    if kind == FrameKind::Request {
+                        let msg = format!("request body exceeds the server limit of {limit} bytes");
+                        self.send_error(stream, request_id, ErrorCode::Oversize, &msg);
+                        self.metrics.failed += 1;
+                    }
+                }
+                Err(e) => {
+                    self.protocol_error(stream, 0, &e.to_string(), now);
+                    return;
+                }
+            }
+        }
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.read_started = match (s.decoder.mid_message(), s.read_started) {
+                (true, None) => Some(now),
+                (true, started) => started,
+                (false, _) => None,
+            };
+        }
+        self.rearm(stream, now);
+    }
+
+    /// `n` bytes handed out for `stream` were written to it.
+    pub fn handle_flushed(&mut self, stream: StreamId, n: usize, now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.tx.flushed(stream, &mut self.ready, n);
+        s.last_flush = now;
+        s.last_active = now;
+        self.close_if_done(stream);
+        self.rearm(stream, now);
+    }
+
+    /// The client closed its side of `stream`: answer what is pending, then close.
+    pub fn handle_stream_closed(&mut self, stream: StreamId, now: Instant) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.remote_closed = true;
+            self.close_if_done(stream);
+            self.rearm(stream, now);
+        }
+    }
+
+    /// The stream was reset or broke: forget it. Handlers still running are
+    /// answered into the void (their admission slots free on `respond`).
+    pub fn handle_stream_reset(&mut self, stream: StreamId, _now: Instant) {
+        self.forget(stream);
+    }
+
+    /// Time passed: fire what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Stream(stream) => self.on_stream_deadline(stream, now),
+                Timer::Adjust => {
+                    self.next_adjust = None;
+                    self.admission.adjust();
+                    let l = self.admission.limit();
+                    self.limit_range = (self.limit_range.0.min(l), self.limit_range.1.max(l));
+                    self.ensure_adjust(now);
+                }
+                Timer::Shutdown => self.on_shutdown_deadline(now),
+            }
+        }
+    }
+
+    // ----- poll_* -----
+
+    /// The next thing to do or report.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next bytes to write; streams take turns.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = next_transmit(&mut self.ready, &mut self.streams)?;
+        self.metrics.bytes_written += t.data.len() as u64;
+        Some(t)
+    }
+
+    /// When [`Server::handle_timeout`] must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    // ----- internals -----
+
+    fn own_flags(&self) -> Flags {
+        if self.cfg.compression {
+            Flags::ACCEPT_DEFLATE
+        } else {
+            Flags::empty()
+        }
+    }
+
+    fn push(&mut self, stream: StreamId, kind: FrameKind, id: u64, flags: Flags, body: Bytes) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            if s.tx.is_drained() {
+                // The write timeout counts from when there is something to write.
+                s.last_flush = s.last_active.max(s.last_flush);
+            }
+            s.tx.push(stream, &mut self.ready, kind, id, flags, body);
+        }
+    }
+
+    fn send_error(&mut self, stream: StreamId, id: u64, code: ErrorCode, msg: &str) {
+        let flags = self.own_flags();
+        self.push(
+            stream,
+            FrameKind::Error,
+            id,
+            flags,
+            frame::encode_error_body(code, msg),
+        );
+    }
+
+    fn on_request(&mut self, stream: StreamId, id: u64, accept_deflate: bool, body: Bytes) {
+        let Some(s) = self.streams.get(&stream) else {
+            return;
+        };
+        let peer = s.peer.clone();
+        let protocol = s.protocol.clone();
+        if s.forbidden {
+            let msg = format!("peer not allowed on {protocol}");
+            self.send_error(stream, id, ErrorCode::Forbidden, &msg);
+            self.metrics.failed += 1;
+            return;
+        }
+        if self.shutdown.is_some() {
+            self.send_error(stream, id, ErrorCode::ShuttingDown, "server shutting down");
+            self.metrics.failed += 1;
+            return;
+        }
+        if self.handling.contains_key(&(stream, id)) {
+            self.send_error(
+                stream,
+                id,
+                ErrorCode::Protocol,
+                "request id already in use on this stream",
+            );
+            return;
+        }
+        if let Err(r) = self.admission.try_admit(&peer) {
+            let msg = match r {
+                Rejection::Busy { active, limit } => {
+                    format!("{active} requests active, limit {limit}")
+                }
+                Rejection::PeerBusy {
+                    peer_active,
+                    peer_limit,
+                } => {
+                    format!("{peer_active} requests active for this peer, limit {peer_limit}")
+                }
+            };
+            self.send_error(stream, id, ErrorCode::Busy, &msg);
+            self.metrics.rejected_busy += 1;
+            return;
+        }
+        self.metrics.requests += 1;
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.handling += 1;
+        }
+        self.handling.insert(
+            (stream, id),
+            Handling {
+                peer: peer.clone(),
+                accept_deflate,
+                cancelled: false,
+            },
+        );
+        self.events.push_back(ServerEvent::Request {
+            stream,
+            request_id: id,
+            peer,
+            protocol,
+            body,
+        });
+    }
+
+    fn on_cancel(&mut self, stream: StreamId, id: u64) {
+        if let Some(h) = self.handling.get_mut(&(stream, id))
+            && !h.cancelled
+        {
+            h.cancelled = true;
+            self.events.push_back(ServerEvent::Cancel {
+                stream,
+                request_id: id,
+            });
+        }
+    }
+
+    /// Answers a protocol violation with an error frame, stops reading the
+    /// stream and closes it once the answer is written.
+    fn protocol_error(&mut self, stream: StreamId, id: u64, msg: &str, now: Instant) {
+        self.metrics.protocol_errors += 1;
+        self.send_error(stream, id, ErrorCode::Protocol, msg);
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.broken = true;
+            s.read_started = None;
+        }
+        self.close_if_done(stream);
+        self.rearm(stream, now);
+    }
+
+    fn close_if_done(&mut self, stream: StreamId) {
+        let done = self
+            .streams
+            .get(&stream)
+            .is_some_and(|s| (s.broken || s.remote_closed) && s.handling == 0 && s.tx.is_drained());
+        if done {
+            self.forget(stream);
+            self.events.push_back(ServerEvent::CloseStream {
+                stream,
+                reset: false,
+            });
+        }
+    }
+
+    fn forget(&mut self, stream: StreamId) {
+        let Some(s) = self.streams.remove(&stream) else {
+            return;
+        };
+        self.timers.remove(&(s.deadline, Timer::Stream(stream)));
+        if let Some(n) = self.streams_per_peer.get_mut(&s.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.streams_per_peer.remove(&s.peer);
+            }
+        }
+        // Requests still being handled keep their admission slot until
+        // `respond`; their answers have nowhere to go.
+        if s.handling > 0 {
+            for ((st, _), h) in self.handling.range_mut((stream, 0)..=(stream, u64::MAX)) {
+                debug_assert_eq!(*st, stream);
+                h.cancelled = true;
+            }
+        }
+    }
+
+    /// Recomputes the stream's single deadline: read (a request partly
+    /// received), write (bytes not flushed) or idle cleanup.
+    fn rearm(&mut self, stream: StreamId, _now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let mut d = Instant::MAX;
+        if let Some(started) = s.read_started {
+            d = d.min(started + self.cfg.read_timeout);
+        }
+        if !s.tx.is_drained() {
+            d = d.min(s.last_flush + self.cfg.write_timeout);
+        } else if s.handling == 0 && s.read_started.is_none() {
+            d = d.min(s.last_active + self.cfg.cleanup_interval);
+        }
+        if d != s.deadline {
+            self.timers.remove(&(s.deadline, Timer::Stream(stream)));
+            s.deadline = d;
+            if d != Instant::MAX {
+                self.timers.insert((d, Timer::Stream(stream)));
+            }
+        }
+    }
+
+    fn on_stream_deadline(&mut self, stream: StreamId, now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.deadline = Instant::MAX;
+        let read_expired = s
+            .read_started
+            .is_some_and(|t| t + self.cfg.read_timeout <= now);
+        let write_stalled = !s.tx.is_drained() && s.last_flush + self.cfg.write_timeout <= now;
+        let idle = s.tx.is_drained()
+            && s.handling == 0
+            && s.read_started.is_none()
+            && s.last_active + self.cfg.cleanup_interval <= now;
+        if read_expired || write_stalled {
+            self.forget(stream);
+            self.events.push_back(ServerEvent::CloseStream {
+                stream,
+                reset: true,
+            });
+        } else if idle {
+            self.forget(stream);
+            self.events.push_back(ServerEvent::CloseStream {
+                stream,
+                reset: false,
+            });
+        } else {
+            self.rearm(stream, now);
+        }
+    }
+
+    fn ensure_adjust(&mut self, now: Instant) {
+        if self.next_adjust.is_none() {
+            let at = now + self.cfg.adjust_interval;
+            self.next_adjust = Some(at);
+            self.timers.insert((at, Timer::Adjust));
+        }
+    }
+
+    fn on_shutdown_deadline(&mut self, now: Instant) {
+        let pending: Vec<(StreamId, u64)> = self.handling.keys().copied().collect();
+        for (stream, id) in pending {
+            if let Some(h) = self.handling.remove(&(stream, id)) {
+                self.admission.release(&h.peer);
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.handling -= 1;
+                }
+                if !h.cancelled {
+                    self.send_error(
+                        stream,
+                        id,
+                        ErrorCode::ShuttingDown,
+                        "server stopped before the handler finished",
+                    );
+                    self.metrics.failed += 1;
+                }
+                self.events.push_back(ServerEvent::Cancel {
+                    stream,
+                    request_id: id,
+                });
+                self.rearm(stream, now);
+            }
+        }
+        self.check_stopped(now);
+    }
+
+    fn check_stopped(&mut self, _now: Instant) {
+        if self.shutdown.is_some() && !self.stopped && self.handling.is_empty() {
+            self.stopped = true;
+            if let Some(d) = self.shutdown {
+                self.timers.remove(&(d, Timer::Shutdown));
+            }
+            self.events.push_back(ServerEvent::Stopped);
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,113 @@
+//! Outgoing bytes shared by both cores: per-stream frame queues, a flow
+//! window per stream, and streams taking turns.
+
+use crate::StreamId;
+use crate::frame::{Flags, FrameKind, OutQueue};
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Most bytes one [`Transmit`] carries.
+pub const MAX_TRANSMIT: usize = 128 * 1024;
+/// Most bytes handed out on one stream and not yet reported flushed.
+pub const STREAM_WINDOW: usize = 256 * 1024;
+
+/// Bytes to write on a stream, in order; report them flushed with the core's
+/// `handle_flushed` once written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The stream to write on.
+    pub stream: StreamId,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// One stream's sending side.
+pub(crate) struct Outgoing {
+    pub(crate) out: OutQueue,
+    /// Bytes handed out so far.
+    pub(crate) emitted: u64,
+    /// Bytes reported written so far.
+    pub(crate) flushed: u64,
+    in_ready: bool,
+}
+
+impl Outgoing {
+    pub(crate) fn new() -> Self {
+        Outgoing {
+            out: OutQueue::new(),
+            emitted: 0,
+            flushed: 0,
+            in_ready: false,
+        }
+    }
+
+    /// Whether everything queued was handed out and reported written.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.out.is_empty() && self.emitted == self.flushed
+    }
+
+    fn mark_ready(&mut self, stream: StreamId, ready: &mut VecDeque<StreamId>) {
+        if !self.in_ready && !self.out.is_empty() && self.window_open() {
+            self.in_ready = true;
+            ready.push_back(stream);
+        }
+    }
+
+    fn window_open(&self) -> bool {
+        self.emitted - self.flushed < STREAM_WINDOW as u64
+    }
+
+    /// Queues a message and puts the stream in line to send.
+    pub(crate) fn push(
+        &mut self,
+        stream: StreamId,
+        ready: &mut VecDeque<StreamId>,
+        kind: FrameKind,
+        request_id: u64,
+        flags: Flags,
+        body: Bytes,
+    ) {
+        self.out.push(kind, request_id, flags, body);
+        self.mark_ready(stream, ready);
+    }
+
+    /// Records `n` bytes written; returns the new flushed total.
+    pub(crate) fn flushed(
+        &mut self,
+        stream: StreamId,
+        ready: &mut VecDeque<StreamId>,
+        n: usize,
+    ) -> u64 {
+        self.flushed = (self.flushed + n as u64).min(self.emitted);
+        self.mark_ready(stream, ready);
+        self.flushed
+    }
+}
+
+/// A per-stream state that has a sending side.
+pub(crate) trait HasOutgoing {
+    fn outgoing(&mut self) -> &mut Outgoing;
+}
+
+/// Takes the next turn among ready streams of `streams`.
+pub(crate) fn next_transmit<T: HasOutgoing>(
+    ready: &mut VecDeque<StreamId>,
+    streams: &mut BTreeMap<StreamId, T>,
+) -> Option<Transmit> {
+    while let Some(stream) = ready.pop_front() {
+        let Some(o) = streams.get_mut(&stream).map(HasOutgoing::outgoing) else {
+            continue;
+        };
+        o.in_ready = false;
+        if !o.window_open() {
+            continue; // back in line when flushed
+        }
+        let Some(data) = o.out.poll(MAX_TRANSMIT) else {
+            continue;
+        };
+        o.emitted += data.len() as u64;
+        o.mark_ready(stream, ready);
+        return Some(Transmit { stream, data });
+    }
+    None
+}
