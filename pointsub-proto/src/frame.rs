@@ -551,9 +551,11 @@ impl FrameDecoder {
         self.failed.as_ref()
     }
 
-    /// Makes room for `additional` more bytes: exactly what is needed (at
-    /// least the current frame's declared length, already limit-checked),
-    /// plus a doubling of the buffered length capped at [`GROWTH_SLACK`].
+    /// Makes room for `additional` more bytes. Room for the current frame
+    /// is reserved exactly (its declared length is already limit-checked);
+    /// beyond that, the buffer grows by what is needed plus a doubling of
+    /// the buffered length capped at [`GROWTH_SLACK`], so many tiny pushes
+    /// stay amortized. Capacity stays within `max(frame, pushed + slack)`.
     fn reserve(&mut self, additional: usize) {
         if self.buf.capacity() - self.buf.len() >= additional || self.buf.try_reclaim(additional) {
             return;
@@ -561,9 +563,11 @@ impl FrameDecoder {
         let len = self.buf.len();
         let required = len + additional;
         let frame_need = self.pending.map_or(0, |h| h.len as usize);
-        let target = required
-            .max(frame_need)
-            .max((2 * len).min(required + GROWTH_SLACK));
+        let target = if required <= frame_need {
+            frame_need
+        } else {
+            required.max((2 * len).min(required + GROWTH_SLACK))
+        };
         let mut fresh = BytesMut::with_capacity(target);
         fresh.extend_from_slice(&self.buf);
         self.buf = fresh;
@@ -1863,6 +1867,18 @@ mod tests {
         }
         assert_eq!(u8::from(ErrorCode::Timeout), 8);
         assert_eq!(ErrorCode::from(7), ErrorCode::Forbidden);
+    }
+
+    #[test]
+    fn frame_buffer_is_sized_exactly_for_the_frame() {
+        // Found by proptest: a push just short of a frame used to double the buffer.
+        let wire = frame(FrameKind::Request, Flags::empty(), 0, &pattern(66_805));
+        let mut d = FrameDecoder::new(70_000);
+        d.push(&wire[..65_569]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert_eq!(d.capacity(), 66_805);
+        d.push(&wire[65_569..]);
+        assert_eq!(d.next_frame().unwrap().unwrap().payload, pattern(66_805));
     }
 
     #[test]
