@@ -426,6 +426,8 @@ impl Client {
             return false;
         }
         self.finish(id, Err(RequestError::Cancelled), now);
+        // The freed slot may go to a waiter, or leave a stream to evict.
+        self.drain_pool(now);
         true
     }
 
@@ -608,7 +610,7 @@ impl Client {
     }
 
     /// The next bytes to write. Streams take turns; a stream with
-    /// [`STREAM_WINDOW`] bytes unflushed waits for [`Client::handle_flushed`].
+    /// [`crate::STREAM_WINDOW`] bytes unflushed waits for [`Client::handle_flushed`].
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = next_transmit(&mut self.ready, &mut self.streams)?;
         self.metrics.bytes_written += t.data.len() as u64;
@@ -917,7 +919,11 @@ impl Client {
     }
 
     fn on_oversize_response(&mut self, stream: StreamId, wire: u64, limit: usize, now: Instant) {
-        if self.attempts.get(&wire).is_none_or(|a| a.stream != Some(stream)) {
+        if self
+            .attempts
+            .get(&wire)
+            .is_none_or(|a| a.stream != Some(stream))
+        {
             self.metrics.late_frames += 1;
             return;
         }

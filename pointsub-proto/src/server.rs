@@ -308,6 +308,8 @@ impl Server {
             }
         }
         self.rearm(stream, now);
+        // A remote-closed stream whose last request was dropped closes now.
+        self.close_if_done(stream);
         self.check_stopped(now);
     }
 
@@ -381,11 +383,18 @@ impl Server {
         s.bytes_in += data.len() as u64;
         self.metrics.bytes_read += data.len() as u64;
         s.decoder.push(data);
+        // Whether a message ended in this read: a partial one after it
+        // started now, not when an earlier one did.
+        let mut completed = false;
         loop {
             let Some(s) = self.streams.get_mut(&stream) else {
                 return;
             };
-            match s.decoder.next() {
+            let next = s.decoder.next();
+            if matches!(next, Ok(Some(Decoded::Message(_)))) {
+                completed = true;
+            }
+            match next {
                 Ok(None) => break,
                 Ok(Some(Decoded::Message(m))) => match m.kind {
                     FrameKind::Request => {
@@ -417,9 +426,9 @@ impl Server {
         }
         if let Some(s) = self.streams.get_mut(&stream) {
             s.read_started = match (s.decoder.mid_message(), s.read_started) {
-                (true, None) => Some(now),
-                (true, started) => started,
                 (false, _) => None,
+                (true, Some(started)) if !completed => Some(started),
+                (true, _) => Some(now),
             };
         }
         self.rearm(stream, now);
@@ -730,6 +739,7 @@ impl Server {
                     request_id: id,
                 });
                 self.rearm(stream, now);
+                self.close_if_done(stream);
             }
         }
         self.check_stopped(now);
