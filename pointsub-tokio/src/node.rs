@@ -1,0 +1,381 @@
+//! [`Node`]: a libp2p swarm with a [`StreamBehaviour`], driven by a task on
+//! any [`Runtime`].
+//!
+//! This module is runtime-neutral. A runtime crate builds the swarm over
+//! its own transport (tcp + noise + yamux, with [`yamux_config`] and
+//! [`tune_swarm_config`] so the stream limits match on every node) and
+//! hands it to [`Node::from_swarm`]. With the `tokio-runtime` feature,
+//! [`TokioNode::new`](crate::TokioNode) does all of that from a
+//! [`NodeConfig`](crate::NodeConfig).
+//!
+//! # Stream limits (libp2p 0.57)
+//!
+//! * yamux (`libp2p-yamux` 0.48 over `yamux` 0.14): `Config` exposes only
+//!   `set_max_num_streams` (default 512). The underlying `yamux::Config`
+//!   asserts `max_connection_receive_window >= max_num_streams * 256 KiB`,
+//!   and that window is fixed at its 1 GiB default (`libp2p-yamux` does not
+//!   expose it), so the largest legal value is 4096; 8192 would panic at
+//!   configuration time. [`yamux_config`] sets
+//!   [`MAX_STREAMS_PER_CONNECTION`] = 4096. Beyond it, an opener's
+//!   connection is closed (libp2p-swarm treats the muxer's "too many
+//!   streams" as a connection error) and a receiving yamux terminates the
+//!   connection, so every node must use the same limit and upper layers
+//!   must keep fewer streams than that per peer. yamux also lets at most
+//!   256 of our outbound streams wait for the remote's ACK; further opens
+//!   wait (within the open timeout) rather than fail.
+//! * The swarm's `max_negotiating_inbound_streams` (default 128) drops
+//!   inbound substreams beyond it while they negotiate; yamux in turn drops
+//!   inbound streams when more than 256 queue up unpolled. We raise the
+//!   swarm limit to the same 4096 ([`tune_swarm_config`]) so bursts of
+//!   opens are negotiated, not reset.
+//! * QUIC (tokio only) limits concurrent bidirectional streams per
+//!   connection with `max_concurrent_stream_limit` (default 256); extra
+//!   opens wait for credit instead of failing. The tokio node raises it to
+//!   4096 as well.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::oneshot;
+use futures::future::{self, Either};
+use libp2p::core::transport::ListenerId;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
+
+use crate::behaviour::{
+    AlreadyRegistered, Connect, Control, IncomingStreams, OpenStream, StreamBehaviour,
+};
+use crate::rt::Runtime;
+
+/// Streams allowed per connection by [`yamux_config`] and inbound streams
+/// allowed to negotiate at once by [`tune_swarm_config`]: 4096, the most
+/// `libp2p-yamux` 0.48 accepts (see the [module docs](self)).
+pub const MAX_STREAMS_PER_CONNECTION: usize = 4096;
+
+/// How long [`Node::from_swarm`] waits for its listeners to report an
+/// address: 10 s.
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Events from the behaviour to each connection that may queue before the
+/// swarm pauses polling the behaviour (libp2p's default is 8).
+const NOTIFY_HANDLER_BUFFER: usize = 64;
+
+/// The yamux configuration every pointsub node uses: default, with
+/// [`MAX_STREAMS_PER_CONNECTION`] streams per connection.
+pub fn yamux_config() -> libp2p::yamux::Config {
+    let mut config = libp2p::yamux::Config::default();
+    config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+    config
+}
+
+/// Applies pointsub's swarm settings to a runtime's base config: the idle
+/// connection timeout, [`MAX_STREAMS_PER_CONNECTION`] concurrently
+/// negotiating inbound streams, and a deeper behaviour-to-handler buffer.
+pub fn tune_swarm_config(
+    config: libp2p::swarm::Config,
+    idle_connection_timeout: Duration,
+) -> libp2p::swarm::Config {
+    let buffer =
+        std::num::NonZeroUsize::new(NOTIFY_HANDLER_BUFFER).unwrap_or(std::num::NonZeroUsize::MIN);
+    config
+        .with_idle_connection_timeout(idle_connection_timeout)
+        .with_max_negotiating_inbound_streams(MAX_STREAMS_PER_CONNECTION)
+        .with_notify_handler_buffer_size(buffer)
+}
+
+/// Why a node could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// No async runtime to run on (e.g. `TokioNode::new` outside tokio).
+    #[error("no async runtime available: {0}")]
+    Runtime(String),
+    /// The transport (security, muxer, QUIC) could not be set up.
+    #[error("transport setup failed: {0}")]
+    Transport(String),
+    /// The swarm refused a listen address.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address that was refused.
+        addr: Multiaddr,
+        /// libp2p's description of the problem.
+        reason: String,
+    },
+    /// Listeners were started but none reported an address in time.
+    #[error("no listen address became available: {0}")]
+    NoListenAddr(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct ListenState {
+    addrs: Vec<Multiaddr>,
+    /// Listeners that have neither reported an address nor closed yet.
+    waiting: HashSet<ListenerId>,
+    failures: Vec<String>,
+    ready: Option<oneshot::Sender<()>>,
+}
+
+impl ListenState {
+    fn settled(&mut self, listener: ListenerId) {
+        self.waiting.remove(&listener);
+        if self.waiting.is_empty()
+            && let Some(ready) = self.ready.take()
+        {
+            let _ = ready.send(());
+        }
+    }
+}
+
+struct Inner<R> {
+    peer_id: PeerId,
+    runtime: R,
+    control: Control,
+    listen: Arc<Mutex<ListenState>>,
+    /// Dropping or firing this ends the swarm task.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// A running libp2p host: its identity, listen addresses, connections and
+/// raw streams.
+///
+/// Cheap to clone (an `Arc`). A spawned task drives the swarm; it ends
+/// when the last clone is dropped or [`Node::shutdown`] is called, which
+/// closes every connection and makes every [`Control`] report `Shutdown`.
+pub struct Node<R: Runtime> {
+    inner: Arc<Inner<R>>,
+}
+
+impl<R: Runtime> Clone for Node<R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<R: Runtime> fmt::Debug for Node<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.inner.peer_id)
+            .field("listen_addrs", &self.listen_addrs())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> Node<R> {
+    /// Starts a node on an already built swarm.
+    ///
+    /// Listens on `listen_addrs`, spawns the task driving the swarm on
+    /// `runtime`, and waits (at most [`LISTEN_TIMEOUT`]) until every
+    /// listener has reported an address or failed. Fails if an address is
+    /// refused, or if listeners were given and none produced an address.
+    /// With no listen addresses the node only dials out.
+    ///
+    /// The swarm should use [`yamux_config`] and [`tune_swarm_config`], and
+    /// its transport should carry a connection timeout (libp2p's
+    /// `SwarmBuilder` adds one), since dials are bounded by it.
+    pub async fn from_swarm(
+        mut swarm: Swarm<StreamBehaviour>,
+        runtime: R,
+        listen_addrs: impl IntoIterator<Item = Multiaddr>,
+    ) -> Result<Self, NodeError> {
+        let peer_id = *swarm.local_peer_id();
+        let control = swarm.behaviour().control();
+
+        let mut waiting = HashSet::new();
+        for addr in listen_addrs {
+            match swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    waiting.insert(id);
+                }
+                Err(e) => {
+                    return Err(NodeError::Listen {
+                        addr,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        let has_listeners = !waiting.is_empty();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let listen = Arc::new(Mutex::new(ListenState {
+            waiting,
+            ready: has_listeners.then_some(ready_tx),
+            ..ListenState::default()
+        }));
+
+        let (stop_tx, stop_rx) = oneshot::channel();
+        runtime.spawn(Box::pin(drive(swarm, stop_rx, listen.clone())));
+        let node = Self {
+            inner: Arc::new(Inner {
+                peer_id,
+                runtime,
+                control,
+                listen,
+                stop: Mutex::new(Some(stop_tx)),
+            }),
+        };
+
+        if has_listeners {
+            let timeout = node.inner.runtime.sleep(LISTEN_TIMEOUT);
+            let _ = future::select(ready_rx, timeout).await;
+            let state = lock(&node.inner.listen);
+            if state.addrs.is_empty() {
+                let reason = if state.failures.is_empty() {
+                    format!("timed out after {LISTEN_TIMEOUT:?}")
+                } else {
+                    state.failures.join("; ")
+                };
+                drop(state);
+                node.shutdown();
+                return Err(NodeError::NoListenAddr(reason));
+            }
+        }
+        Ok(node)
+    }
+
+    /// This node's identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The addresses this node listens on now (as reported by its
+    /// listeners; expired ones removed).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        lock(&self.inner.listen).addrs.clone()
+    }
+
+    /// Remembers `addr` as an address of `peer` for later dials.
+    pub fn add_address(&self, peer: PeerId, addr: Multiaddr) {
+        self.inner.control.add_address(peer, addr);
+    }
+
+    /// Connects to `peer` (see [`Control::dial`]).
+    pub fn dial(&self, peer: PeerId) -> Connect<()> {
+        self.inner.control.dial(peer)
+    }
+
+    /// Connects to the peer at `addr`, resolving to its id (see
+    /// [`Control::dial_addr`]).
+    pub fn dial_addr(&self, addr: Multiaddr) -> Connect<PeerId> {
+        self.inner.control.dial_addr(addr)
+    }
+
+    /// Opens a raw stream to `peer` for `protocol` (see
+    /// [`Control::open_stream`]).
+    pub fn open_stream(&self, peer: PeerId, protocol: StreamProtocol) -> OpenStream {
+        self.inner.control.open_stream(peer, protocol)
+    }
+
+    /// Accepts inbound raw streams for `protocol` (see [`Control::accept`]).
+    pub fn accept(&self, protocol: StreamProtocol) -> Result<IncomingStreams, AlreadyRegistered> {
+        self.inner.control.accept(protocol)
+    }
+
+    /// The handle to this node's [`StreamBehaviour`].
+    pub fn control(&self) -> &Control {
+        &self.inner.control
+    }
+
+    /// The runtime this node runs on.
+    pub fn runtime(&self) -> &R {
+        &self.inner.runtime
+    }
+
+    /// Stops the swarm task: connections close, pending opens and dials
+    /// fail with `Shutdown`, [`IncomingStreams`] end. Idempotent; other
+    /// clones of this node see the same shut-down node.
+    pub fn shutdown(&self) {
+        if let Some(stop) = lock(&self.inner.stop).take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Whether [`Node::shutdown`] was called (the task may still be
+    /// finishing; [`Control::is_shut_down`] turns true once it has).
+    pub fn is_shut_down(&self) -> bool {
+        lock(&self.inner.stop).is_none()
+    }
+}
+
+/// The swarm task: polls the swarm until stopped, keeping the listen
+/// addresses current.
+async fn drive(
+    mut swarm: Swarm<StreamBehaviour>,
+    mut stop: oneshot::Receiver<()>,
+    listen: Arc<Mutex<ListenState>>,
+) {
+    let peer = *swarm.local_peer_id();
+    tracing::debug!(%peer, "swarm task started");
+    loop {
+        let event = match future::select(&mut stop, swarm.select_next_some()).await {
+            // Shutdown requested, or every Node handle dropped.
+            Either::Left(_) => break,
+            Either::Right((event, _)) => event,
+        };
+        on_event(&listen, event);
+    }
+    tracing::debug!(%peer, "swarm task stopped");
+    // Dropping the swarm closes its connections and shuts the behaviour's
+    // Controls down.
+    drop(swarm);
+}
+
+fn on_event(listen: &Mutex<ListenState>, event: SwarmEvent<std::convert::Infallible>) {
+    match event {
+        SwarmEvent::NewListenAddr {
+            listener_id,
+            address,
+        } => {
+            tracing::debug!(%address, "listening");
+            let mut state = lock(listen);
+            if !state.addrs.contains(&address) {
+                state.addrs.push(address);
+            }
+            state.settled(listener_id);
+        }
+        SwarmEvent::ExpiredListenAddr { address, .. } => {
+            tracing::debug!(%address, "listen address expired");
+            lock(listen).addrs.retain(|a| a != &address);
+        }
+        SwarmEvent::ListenerClosed {
+            listener_id,
+            addresses,
+            reason,
+        } => {
+            let mut state = lock(listen);
+            state.addrs.retain(|a| !addresses.contains(a));
+            if let Err(e) = reason {
+                tracing::warn!(error = %e, "listener closed");
+                state.failures.push(e.to_string());
+            }
+            state.settled(listener_id);
+        }
+        SwarmEvent::ListenerError { error, .. } => {
+            tracing::warn!(%error, "listener error");
+        }
+        SwarmEvent::ConnectionEstablished {
+            peer_id, endpoint, ..
+        } => {
+            tracing::trace!(%peer_id, remote = %endpoint.get_remote_address(), "connection established");
+        }
+        SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            tracing::trace!(%peer_id, ?cause, "connection closed");
+        }
+        SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            tracing::debug!(?peer_id, %error, "outgoing connection failed");
+        }
+        SwarmEvent::IncomingConnectionError { error, .. } => {
+            tracing::debug!(%error, "incoming connection failed");
+        }
+        SwarmEvent::Behaviour(never) => match never {},
+        _ => {}
+    }
+}
