@@ -961,14 +961,7 @@ impl Client {
                 if let Some(stream) = a.stream
                     && let Some(s) = self.streams.get_mut(&stream)
                 {
-                    s.tx.push(
-                        stream,
-                        &mut self.ready,
-                        FrameKind::Cancel,
-                        wire,
-                        Flags::empty(),
-                        Bytes::new(),
-                    );
+                    s.tx.push_cancel(stream, &mut self.ready, wire);
                 }
                 self.fail_attempt(wire, RequestError::ReadTimeout, true, now);
             }
@@ -1112,14 +1105,7 @@ impl Client {
             {
                 // Unsent: drop it from the queue; sent: tell the server.
                 if !s.tx.out.cancel(wire) {
-                    s.tx.push(
-                        stream,
-                        &mut self.ready,
-                        FrameKind::Cancel,
-                        wire,
-                        Flags::empty(),
-                        Bytes::new(),
-                    );
+                    s.tx.push_cancel(stream, &mut self.ready, wire);
                 }
             }
             self.detach(wire, true, now);

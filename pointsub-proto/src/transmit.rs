@@ -71,6 +71,23 @@ impl Outgoing {
         self.mark_ready(stream, ready);
     }
 
+    /// Queues a Cancel frame for `request_id` (the client gave up on it).
+    pub(crate) fn push_cancel(
+        &mut self,
+        stream: StreamId,
+        ready: &mut VecDeque<StreamId>,
+        request_id: u64,
+    ) {
+        self.push(
+            stream,
+            ready,
+            FrameKind::Cancel,
+            request_id,
+            Flags::empty(),
+            Bytes::new(),
+        );
+    }
+
     /// Records `n` bytes written; returns the new flushed total.
     pub(crate) fn flushed(
         &mut self,
