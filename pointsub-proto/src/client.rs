@@ -1011,11 +1011,14 @@ impl Client {
         let Some(a) = self.detach(wire, healthy, now) else {
             return;
         };
-        let node_fault = err.is_retryable();
         let Some(req) = self.requests.get_mut(&a.req) else {
             return;
         };
-        if node_fault && matches!(req.target, Target::Closest { .. }) {
+        let closest = matches!(req.target, Target::Closest { .. });
+        // A node of the set that does not serve the protocol is a node
+        // fault for routing: the next closest may well serve it.
+        let unserved = closest && matches!(err, RequestError::UnsupportedProtocol(_));
+        if closest && (err.is_retryable() || unserved) {
             self.router.record_failure(&a.node, now);
         }
         if !req.live.is_empty() {
@@ -1024,6 +1027,7 @@ impl Client {
         let auto = match err {
             RequestError::ReadTimeout => self.cfg.retry_on_read_timeout,
             RequestError::PoolTimeout => false,
+            RequestError::UnsupportedProtocol(_) => unserved,
             ref e => e.is_retryable(),
         };
         let budget_left = req.attempts <= self.cfg.max_retries;

@@ -49,6 +49,10 @@ pub enum RequestError {
     /// The peer does not serve this protocol.
     #[error("protocol {0} not supported by the peer")]
     UnsupportedProtocol(Protocol),
+    /// The protocol name is not one a transport can carry (libp2p names
+    /// start with `/`); nothing was sent.
+    #[error("invalid protocol name {0:?}")]
+    InvalidProtocol(String),
     /// The request could not be written within the write timeout.
     #[error("write timeout")]
     WriteTimeout,
@@ -118,6 +122,7 @@ impl RequestError {
             RequestError::ConnectTimeout => "connect_timeout",
             RequestError::ConnectFailed(_) => "connect_failed",
             RequestError::UnsupportedProtocol(_) => "unsupported_protocol",
+            RequestError::InvalidProtocol(_) => "invalid_protocol",
             RequestError::WriteTimeout => "write_timeout",
             RequestError::ReadTimeout => "read_timeout",
             RequestError::Timeout => "timeout",

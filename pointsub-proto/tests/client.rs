@@ -480,6 +480,41 @@ fn closest_goes_nearest_first_and_fails_over_at_once() {
 }
 
 #[test]
+fn closest_fails_over_past_a_node_that_does_not_serve_the_protocol() {
+    let (mut r, all) = closest_rig(3);
+    let b = body("who serves this");
+    let want = by_distance(&b, &all);
+    let id =
+        r.c.send_closest(proto(), b.clone(), ClosestOptions::default(), r.now)
+            .unwrap();
+    let s0 = opened(&r.events())[0].clone();
+    r.c.handle_open_failed(s0.0, OpenFailure::UnsupportedProtocol, r.now);
+    let ev = r.events();
+    assert_eq!(attempts(&ev), vec![(want[1].clone(), 2)], "{ev:?}");
+    assert!(r.c.router().is_cooling(&want[0], r.now));
+    let s1 = opened(&ev)[0].clone();
+    r.open(s1.0);
+    let w = one_request(&mut r, s1.0);
+    r.reply(s1.0, w, b"served");
+    assert_eq!(
+        r.events(),
+        vec![completed(id, ok(want[1].clone(), "served"), 2)]
+    );
+    // A direct send to a peer that does not serve the protocol stays final.
+    let id = r.c.send(srv(), proto(), b, r.now).unwrap();
+    let s = opened(&r.events())[0].0;
+    r.c.handle_open_failed(s, OpenFailure::UnsupportedProtocol, r.now);
+    assert_eq!(
+        r.events(),
+        vec![completed(
+            id,
+            Err(RequestError::UnsupportedProtocol(proto())),
+            1
+        )]
+    );
+}
+
+#[test]
 fn closest_uses_the_routing_key_and_honours_exclude() {
     let (mut r, all) = closest_rig(4);
     let b = body("payload");
