@@ -1,30 +1,79 @@
 //! # pointsub-tokio: pointsub over real libp2p
 //!
-//! Point-to-point raw streams (and, on top of them, request/response)
-//! addressed by `PeerId` and protocol, over a libp2p swarm.
+//! Point-to-point request/response and raw byte streams between peers,
+//! addressed by libp2p `PeerId` and protocol name, over a libp2p swarm
+//! (TCP + noise + yamux, and QUIC). Every decision (framing, compression,
+//! limits, retries, pooling, admission, routing) is made by the sans-IO
+//! core, [`pointsub_proto`]; this crate only moves bytes and time.
 //!
-//! The glue is runtime-neutral: [`behaviour`] (the libp2p plumbing),
-//! [`node`] (a swarm driven by a task) and [`rt`] (the [`Runtime`] trait)
-//! compile without tokio (`default-features = false`), which is how
-//! `pointsub-async-std` reuses them. The `tokio-runtime` feature (on by
-//! default) adds [`TokioRuntime`], [`NodeConfig`] and [`TokioNode`]
-//! (TCP + noise + yamux, and QUIC).
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use pointsub_tokio::{Client, ClientConfig, Node, NodeConfig, Server, ServerConfig};
+//!
+//! let server_node = Node::new(NodeConfig::default()).await?;
+//! let server = Server::new(&server_node, ServerConfig::default())?;
+//! server.start("/echo/1.0.0", |_peer, body| async move { Ok::<_, String>(body) })?;
+//!
+//! let client_node = Node::new(NodeConfig::default()).await?;
+//! for addr in server_node.listen_addrs() {
+//!     client_node.add_address(server_node.peer_id(), addr);
+//! }
+//! let client = Client::new(&client_node, ClientConfig::default())?;
+//! let reply = client
+//!     .send(server_node.peer_id(), "/echo/1.0.0", "hello".into())
+//!     .await?;
+//! assert_eq!(&reply[..], b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! The glue is runtime-neutral and lives in [`generic`], parameterised by
+//! a [`Runtime`]: [`behaviour`] (the libp2p plumbing), [`node`] (a swarm
+//! driven by a task), [`client`], [`server`] and [`conn`]. It compiles
+//! without tokio (`default-features = false`), which is how
+//! `pointsub-async-std` reuses it. The `tokio-runtime` feature (on by
+//! default) adds [`TokioRuntime`] and the top-level tokio types
+//! ([`Node`], [`Client`], [`Server`], [`Listener`], [`Conn`]).
 #![deny(missing_docs)]
 
 pub mod behaviour;
+pub mod client;
+pub mod conn;
+mod driver;
 pub mod node;
 pub mod rt;
+pub mod server;
 #[cfg(feature = "tokio-runtime")]
 mod tokio_rt;
+
+/// The runtime-neutral types, generic over the [`Runtime`] they run on.
+///
+/// Runtime crates alias these with their runtime filled in (as this crate
+/// does at its root with [`TokioRuntime`]).
+pub mod generic {
+    pub use crate::client::Client;
+    pub use crate::conn::{Conn, Listener};
+    pub use crate::node::Node;
+    pub use crate::server::Server;
+}
 
 pub use behaviour::{
     AlreadyRegistered, Connect, Control, DialError, IncomingStreams, OpenStream, OpenStreamError,
     StreamBehaviour,
 };
+pub use client::{ClosestOptions, Response};
+pub use conn::{ConnError, DEFAULT_CONN_TIMEOUT};
 pub use libp2p::{self, Multiaddr, PeerId, Stream, StreamProtocol};
-pub use node::{Node, NodeError};
+pub use node::NodeError;
+pub use pointsub_proto::{
+    self as proto, ClientConfig, ClientMetrics, ConfigError, RequestError, ServerConfig,
+    ServerMetrics,
+};
 pub use rt::{Runtime, RuntimeExecutor};
+pub use server::{ConnectionInfo, HandlerError, StartError};
 #[cfg(feature = "tokio-runtime")]
 pub use tokio_rt::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, NodeConfig, TokioNode, TokioRuntime,
+    Client, Conn, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, Listener, Node,
+    NodeConfig, Server, TokioRuntime,
 };

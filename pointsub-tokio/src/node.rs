@@ -5,7 +5,7 @@
 //! its own transport (tcp + noise + yamux, with [`yamux_config`] and
 //! [`tune_swarm_config`] so the stream limits match on every node) and
 //! hands it to [`Node::from_swarm`]. With the `tokio-runtime` feature,
-//! [`TokioNode::new`](crate::TokioNode) does all of that from a
+//! [`Node::new`](crate::Node::new) does all of that from a
 //! [`NodeConfig`](crate::NodeConfig).
 //!
 //! # Stream limits (libp2p 0.57)
@@ -90,7 +90,7 @@ pub fn tune_swarm_config(
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
-    /// No async runtime to run on (e.g. `TokioNode::new` outside tokio).
+    /// No async runtime to run on (e.g. the tokio `Node::new` outside tokio).
     #[error("no async runtime available: {0}")]
     Runtime(String),
     /// The transport (security, muxer, QUIC) could not be set up.
@@ -107,6 +107,24 @@ pub enum NodeError {
     /// Listeners were started but none reported an address in time.
     #[error("no listen address became available: {0}")]
     NoListenAddr(String),
+}
+
+/// An error with its causes, `: `-separated (libp2p's transport errors
+/// often say nothing themselves and keep the reason in `source()`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -198,7 +216,7 @@ impl<R: Runtime> Node<R> {
                 Err(e) => {
                     return Err(NodeError::Listen {
                         addr,
-                        reason: e.to_string(),
+                        reason: error_chain(&e),
                     });
                 }
             }
@@ -252,19 +270,29 @@ impl<R: Runtime> Node<R> {
         lock(&self.inner.listen).addrs.clone()
     }
 
+    /// The listen addresses with this node's `/p2p/<peer id>` appended:
+    /// what another node needs to reach it.
+    pub fn addresses(&self) -> Vec<Multiaddr> {
+        let me = self.peer_id();
+        self.listen_addrs()
+            .into_iter()
+            .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(me)))
+            .collect()
+    }
+
     /// Remembers `addr` as an address of `peer` for later dials.
     pub fn add_address(&self, peer: PeerId, addr: Multiaddr) {
         self.inner.control.add_address(peer, addr);
     }
 
     /// Connects to `peer` (see [`Control::dial`]).
-    pub fn dial(&self, peer: PeerId) -> Connect<()> {
+    pub fn connect(&self, peer: PeerId) -> Connect<()> {
         self.inner.control.dial(peer)
     }
 
     /// Connects to the peer at `addr`, resolving to its id (see
     /// [`Control::dial_addr`]).
-    pub fn dial_addr(&self, addr: Multiaddr) -> Connect<PeerId> {
+    pub fn connect_addr(&self, addr: Multiaddr) -> Connect<PeerId> {
         self.inner.control.dial_addr(addr)
     }
 

@@ -68,3 +68,37 @@ impl<R: Runtime> libp2p::swarm::Executor for RuntimeExecutor<R> {
         self.0.spawn(future);
     }
 }
+
+/// Converts between a runtime's clock and the core's [`pointsub_proto::Instant`]
+/// (nanoseconds since the clock was made).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    base: Instant,
+}
+
+impl Clock {
+    /// A clock whose zero is `runtime`'s now.
+    pub(crate) fn new<R: Runtime>(runtime: &R) -> Self {
+        Self {
+            base: runtime.now(),
+        }
+    }
+
+    /// The core's time for the runtime's `now`.
+    pub(crate) fn core_time(&self, now: Instant) -> pointsub_proto::Instant {
+        let nanos = now.saturating_duration_since(self.base).as_nanos();
+        pointsub_proto::Instant::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// The runtime's instant for a core time.
+    pub(crate) fn runtime_time(&self, t: pointsub_proto::Instant) -> Instant {
+        self.base
+            .checked_add(Duration::from_nanos(t.as_nanos()))
+            .unwrap_or_else(|| self.base + Duration::from_secs(365 * 24 * 3600))
+    }
+
+    /// The core's time for a duration from now, saturating.
+    pub(crate) fn after<R: Runtime>(&self, runtime: &R, d: Duration) -> pointsub_proto::Instant {
+        self.core_time(runtime.now()) + d
+    }
+}

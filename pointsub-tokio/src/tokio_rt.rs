@@ -10,7 +10,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, SwarmBuilder, noise, tcp};
 
 use crate::behaviour::{DEFAULT_OPEN_TIMEOUT, StreamBehaviour};
-use crate::node::{MAX_STREAMS_PER_CONNECTION, Node, NodeError, tune_swarm_config, yamux_config};
+use crate::node::{MAX_STREAMS_PER_CONNECTION, NodeError, tune_swarm_config, yamux_config};
 use crate::rt::{BoxSleep, BoxTask, Runtime};
 
 /// A [`Runtime`] backed by a tokio runtime handle.
@@ -73,8 +73,20 @@ impl libp2p::swarm::Executor for TokioRuntime {
 // The tokio node
 // ---------------------------------------------------------------------------
 
-/// A [`Node`] on tokio, over TCP (noise + yamux) and QUIC.
-pub type TokioNode = Node<TokioRuntime>;
+/// A [`Node`](crate::generic::Node) on tokio, over TCP (noise + yamux) and QUIC.
+pub type Node = crate::node::Node<TokioRuntime>;
+
+/// A [`Client`](crate::generic::Client) on tokio.
+pub type Client = crate::client::Client<TokioRuntime>;
+
+/// A [`Server`](crate::generic::Server) on tokio.
+pub type Server = crate::server::Server<TokioRuntime>;
+
+/// A [`Listener`](crate::generic::Listener) on tokio.
+pub type Listener = crate::conn::Listener<TokioRuntime>;
+
+/// A [`Conn`](crate::generic::Conn) on tokio: implements tokio's `AsyncRead` and `AsyncWrite`.
+pub type Conn = crate::conn::Conn<TokioRuntime>;
 
 /// Default idle connection timeout: 5 minutes.
 pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -82,7 +94,7 @@ pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60
 /// Default bound on establishing a connection: 5 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How to build a [`TokioNode`]. The default needs no configuration: a
+/// How to build a tokio [`Node`]. The default needs no configuration: a
 /// fresh ed25519 identity, loopback TCP and QUIC on ephemeral ports.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -150,7 +162,7 @@ impl NodeConfig {
     }
 }
 
-impl Node<TokioRuntime> {
+impl crate::node::Node<TokioRuntime> {
     /// Builds the swarm (TCP with nodelay + noise + yamux, and QUIC) on the
     /// current tokio runtime and starts the node (see [`Node::from_swarm`]).
     pub async fn new(config: NodeConfig) -> Result<Self, NodeError> {
@@ -176,6 +188,6 @@ impl Node<TokioRuntime> {
             .with_swarm_config(|swarm| tune_swarm_config(swarm, idle))
             .with_connection_timeout(config.connect_timeout)
             .build();
-        Node::from_swarm(swarm, runtime, config.listen_addrs).await
+        Self::from_swarm(swarm, runtime, config.listen_addrs).await
     }
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use pointsub_tokio::libp2p::multiaddr::Protocol;
 use pointsub_tokio::{
-    AlreadyRegistered, DialError, Multiaddr, NodeConfig, OpenStreamError, PeerId, StreamProtocol,
-    TokioNode,
+    AlreadyRegistered, DialError, Multiaddr, Node, NodeConfig, OpenStreamError, PeerId,
+    StreamProtocol,
 };
 
 /// Every test stops by itself after this long.
@@ -41,9 +41,9 @@ fn is_quic(addr: &Multiaddr) -> bool {
 }
 
 /// Two nodes; `a` knows every listen address of `b`.
-async fn pair(config: NodeConfig) -> (TokioNode, TokioNode) {
-    let a = TokioNode::new(config.clone()).await.expect("node a");
-    let b = TokioNode::new(config).await.expect("node b");
+async fn pair(config: NodeConfig) -> (Node, Node) {
+    let a = Node::new(config.clone()).await.expect("node a");
+    let b = Node::new(config).await.expect("node b");
     for addr in b.listen_addrs() {
         a.add_address(b.peer_id(), addr);
     }
@@ -52,7 +52,7 @@ async fn pair(config: NodeConfig) -> (TokioNode, TokioNode) {
 
 /// `a` opens a stream to `b`, sends "hello", `b` answers "world"; both
 /// sides check what they read.
-async fn roundtrip(a: &TokioNode, b: &TokioNode, protocol: StreamProtocol) {
+async fn roundtrip(a: &Node, b: &Node, protocol: StreamProtocol) {
     let mut incoming = b.accept(protocol.clone()).expect("accept");
     let server = tokio::spawn(async move {
         let (peer, mut stream) = incoming.next().await.expect("an inbound stream");
@@ -188,11 +188,11 @@ async fn burst_of_inbound_streams_waits_for_a_slow_reader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialing_a_peer_without_address_fails_quickly() {
     within(async {
-        let a = TokioNode::new(tcp_only()).await.expect("node");
+        let a = Node::new(tcp_only()).await.expect("node");
         let stranger = PeerId::random();
 
         let started = Instant::now();
-        let err = a.dial(stranger).await.expect_err("no address");
+        let err = a.connect(stranger).await.expect_err("no address");
         assert_eq!(err, DialError::NoAddresses(stranger));
         assert!(err.is_retryable());
 
@@ -210,7 +210,7 @@ async fn dialing_a_peer_without_address_fails_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_addrs_are_on_loopback() {
     within(async {
-        let node = TokioNode::new(NodeConfig::default()).await.expect("node");
+        let node = Node::new(NodeConfig::default()).await.expect("node");
         let addrs = node.listen_addrs();
         assert!(!addrs.is_empty());
         for addr in &addrs {
@@ -263,14 +263,14 @@ async fn dropping_incoming_streams_unregisters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dial_addr_learns_the_peer_id() {
     within(async {
-        let a = TokioNode::new(tcp_only()).await.expect("node a");
-        let b = TokioNode::new(tcp_only()).await.expect("node b");
+        let a = Node::new(tcp_only()).await.expect("node a");
+        let b = Node::new(tcp_only()).await.expect("node b");
         let addr = b.listen_addrs().remove(0);
-        let peer = a.dial_addr(addr).await.expect("dial");
+        let peer = a.connect_addr(addr).await.expect("dial");
         assert_eq!(peer, b.peer_id());
         assert!(a.control().is_connected(&peer));
         // Already connected: resolves at once.
-        a.dial(peer).await.expect("connected");
+        a.connect(peer).await.expect("connected");
         assert!(!a.control().addresses_of(&peer).is_empty());
     })
     .await;
@@ -292,7 +292,7 @@ async fn shutdown_fails_requests_and_ends_incoming_streams() {
         assert_eq!(err, OpenStreamError::Shutdown);
         assert!(!err.is_retryable());
         assert_eq!(
-            a.dial(b.peer_id()).await.expect_err("shut down"),
+            a.connect(b.peer_id()).await.expect_err("shut down"),
             DialError::Shutdown
         );
     })

@@ -1,0 +1,585 @@
+//! [`Client`]: requests to peers by `PeerId`, or to the closest of a set of
+//! server nodes, over pooled libp2p streams.
+//!
+//! The client core ([`pointsub_proto::Client`]) decides everything: which
+//! pooled stream a request rides on, when to open one, retries with
+//! backoff, failover between nodes, timeouts, size limits, compression.
+//! This driver opens the streams it asks for, moves their bytes, and
+//! hands each request's single outcome back to the caller's future.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use libp2p::{PeerId, StreamProtocol};
+use pointsub_proto::{
+    ClientConfig, ClientEvent, ClientMetrics, ConfigError, Instant, OpenFailure, PeerKey, Protocol,
+    RequestError, RequestId, StreamId,
+};
+use tracing::Instrument;
+
+use crate::behaviour::OpenStreamError;
+use crate::driver::{self, Close, Engine, Output, Plumbing, TimerPoll, Wakers, lock};
+use crate::node::Node;
+use crate::rt::{Clock, Runtime};
+use crate::server::ConnectionInfo;
+
+/// A response from [`Client::send_closest`]: the body and the node that
+/// answered it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The response body.
+    pub body: Bytes,
+    /// The server node that produced it.
+    pub peer: PeerId,
+}
+
+/// Options of [`Client::send_closest_with`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClosestOptions {
+    /// What distance is measured to; the request body when `None`.
+    pub routing_key: Option<Bytes>,
+    /// Nodes not to use for this request.
+    pub exclude: Vec<PeerId>,
+    /// Send to this many of the closest nodes at once; the first answer
+    /// wins (1: no hedging).
+    pub hedge: usize,
+    /// Overall time allowed for the request, retries included (`None`:
+    /// bounded only by the per-attempt timeouts and the retry budget).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for ClosestOptions {
+    fn default() -> Self {
+        Self {
+            routing_key: None,
+            exclude: Vec::new(),
+            hedge: 1,
+            timeout: None,
+        }
+    }
+}
+
+impl ClosestOptions {
+    /// Routes by `key` instead of by the body.
+    #[must_use]
+    pub fn with_routing_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+
+    /// Leaves `peers` out of this request's candidates.
+    #[must_use]
+    pub fn with_exclude(mut self, peers: impl IntoIterator<Item = PeerId>) -> Self {
+        self.exclude = peers.into_iter().collect();
+        self
+    }
+
+    /// Sends to the `k` closest nodes at once (at least 1).
+    #[must_use]
+    pub fn with_hedge(mut self, k: usize) -> Self {
+        self.hedge = k.max(1);
+        self
+    }
+
+    /// Bounds the whole request, retries included.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// The key the core knows a peer by.
+pub(crate) fn peer_key(peer: &PeerId) -> PeerKey {
+    PeerKey::from(peer.to_bytes())
+}
+
+/// The peer behind a core key (always one of ours).
+pub(crate) fn peer_id(key: &PeerKey) -> Option<PeerId> {
+    PeerId::from_bytes(key.as_bytes()).ok()
+}
+
+/// A protocol name as the core knows it, refused unless libp2p accepts it.
+fn protocol_name(name: &str) -> Result<Protocol, RequestError> {
+    if name.starts_with('/') {
+        Ok(Protocol::from(name))
+    } else {
+        Err(RequestError::InvalidProtocol(name.to_owned()))
+    }
+}
+
+/// Sends requests and collects their responses. Cheap to clone: clones
+/// share one core, one stream pool and one set of server nodes. Dropping
+/// the last clone closes the client.
+pub struct Client<R: Runtime> {
+    handle: Arc<Handle<R>>,
+}
+
+impl<R: Runtime> Clone for Client<R> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<R: Runtime> fmt::Debug for Client<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("local", &self.handle.shared.node.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Owned by the user-facing clones only: the last one closes the client.
+struct Handle<R: Runtime> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: Runtime> Drop for Handle<R> {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+type Waiter = oneshot::Sender<Result<pointsub_proto::Response, RequestError>>;
+
+struct State {
+    core: pointsub_proto::Client,
+    plumbing: Plumbing,
+    waiters: HashMap<RequestId, Waiter>,
+}
+
+/// A stream the core asked for.
+struct OpenRequest {
+    stream: StreamId,
+    peer: PeerKey,
+    protocol: Protocol,
+}
+
+pub(crate) struct Shared<R: Runtime> {
+    node: Node<R>,
+    clock: Clock,
+    state: Mutex<State>,
+    this: Weak<Self>,
+}
+
+impl State {
+    /// Moves the core's outputs to where they go.
+    fn drain(&mut self, wakers: &mut Wakers, opens: &mut Vec<OpenRequest>) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                ClientEvent::OpenStream {
+                    stream,
+                    peer,
+                    protocol,
+                } => opens.push(OpenRequest {
+                    stream,
+                    peer,
+                    protocol,
+                }),
+                ClientEvent::CloseStream { stream } => {
+                    self.plumbing.close(stream, Close::Graceful, wakers);
+                }
+                ClientEvent::AttemptStarted { id, peer, attempt } => {
+                    tracing::debug!(request = %id, peer = ?peer_id(&peer), attempt, "attempt started");
+                }
+                ClientEvent::Completed {
+                    id,
+                    result,
+                    attempts,
+                } => {
+                    tracing::debug!(request = %id, attempts, ok = result.is_ok(), "request completed");
+                    if let Some(waiter) = self.waiters.remove(&id) {
+                        // The caller may have gone; nothing to do then.
+                        let _ = waiter.send(result);
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some(t) = self.core.poll_transmit() {
+            self.plumbing.push(t, wakers);
+        }
+        self.plumbing.rearm(self.core.poll_timeout(), wakers);
+    }
+}
+
+impl<R: Runtime> Shared<R> {
+    fn now(&self) -> Instant {
+        self.clock.core_time(self.node.runtime().now())
+    }
+
+    /// Runs `f` on the core, then carries out what the core asked for.
+    fn with_core<T>(&self, f: impl FnOnce(&mut State, Instant) -> T) -> T {
+        let mut wakers = Wakers::default();
+        let mut opens = Vec::new();
+        let out = {
+            let mut state = lock(&self.state);
+            let now = self.now();
+            let out = f(&mut state, now);
+            state.drain(&mut wakers, &mut opens);
+            out
+        };
+        wakers.wake();
+        for open in opens {
+            self.open(open);
+        }
+        out
+    }
+
+    /// Opens a stream the core asked for, in the background.
+    fn open(&self, req: OpenRequest) {
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        let node = self.node.clone();
+        let span = tracing::debug_span!("open", stream = %req.stream, protocol = %req.protocol);
+        let task = async move {
+            let target = peer_id(&req.peer)
+                .ok_or_else(|| OpenFailure::Unreachable("peer key is not a libp2p PeerId".into()));
+            let protocol = StreamProtocol::try_from_owned(req.protocol.as_str().to_owned())
+                .map_err(|_| OpenFailure::UnsupportedProtocol);
+            let result = match (target, protocol) {
+                (Ok(peer), Ok(protocol)) => {
+                    node.open_stream(peer, protocol).await.map_err(open_failure)
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            this.opened(req.stream, result);
+        };
+        self.node.runtime().spawn(Box::pin(task.instrument(span)));
+    }
+
+    /// An open the core asked for finished.
+    fn opened(&self, stream: StreamId, result: Result<libp2p::Stream, OpenFailure>) {
+        let io = self.with_core(|state, now| match result {
+            Ok(io) => {
+                if state.plumbing.stopped {
+                    return None;
+                }
+                state.plumbing.add_stream(stream);
+                state.core.handle_stream_opened(stream, now);
+                Some(io)
+            }
+            Err(failure) => {
+                tracing::debug!(%stream, ?failure, "open failed");
+                state.core.handle_open_failed(stream, failure, now);
+                None
+            }
+        });
+        if let (Some(io), Some(this)) = (io, self.this.upgrade()) {
+            let span = tracing::debug_span!("client_stream", %stream);
+            driver::spawn_stream(&this, stream, io, span);
+        }
+    }
+
+    fn close(&self) {
+        self.with_core(|state, now| {
+            state.core.close(now);
+            // Close completes every request; the drain hands out their
+            // errors before the tasks stop.
+            let mut wakers = Wakers::default();
+            let mut opens = Vec::new();
+            state.drain(&mut wakers, &mut opens);
+            state.plumbing.stop_all(&mut wakers);
+            wakers.wake();
+        });
+    }
+
+    /// Starts a request with `start` and waits for its one outcome.
+    async fn request(
+        &self,
+        start: impl FnOnce(&mut pointsub_proto::Client, Instant) -> Result<RequestId, RequestError>,
+    ) -> Result<pointsub_proto::Response, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.with_core(|state, now| {
+            if state.plumbing.stopped {
+                return Err(RequestError::Closed);
+            }
+            let id = start(&mut state.core, now)?;
+            state.waiters.insert(id, tx);
+            Ok(id)
+        })?;
+        let mut guard = CancelOnDrop {
+            shared: self,
+            id: Some(id),
+        };
+        let result = rx.await.unwrap_or(Err(RequestError::Closed));
+        guard.id = None;
+        result
+    }
+}
+
+/// Cancels a request whose caller stopped waiting for it.
+struct CancelOnDrop<'a, R: Runtime> {
+    shared: &'a Shared<R>,
+    id: Option<RequestId>,
+}
+
+impl<R: Runtime> Drop for CancelOnDrop<'_, R> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.shared.with_core(|state, now| {
+                state.waiters.remove(&id);
+                state.core.cancel(id, now);
+            });
+        }
+    }
+}
+
+fn open_failure(e: OpenStreamError) -> OpenFailure {
+    match e {
+        OpenStreamError::UnsupportedProtocol(_) => OpenFailure::UnsupportedProtocol,
+        OpenStreamError::Timeout => OpenFailure::Timeout,
+        other => OpenFailure::Unreachable(other.to_string()),
+    }
+}
+
+impl<R: Runtime> Engine for Shared<R> {
+    type Rt = R;
+
+    fn runtime(&self) -> &R {
+        self.node.runtime()
+    }
+
+    fn take_output(&self, id: StreamId, waker: &Waker) -> Output {
+        lock(&self.state).plumbing.take_output(id, waker)
+    }
+
+    fn on_data(&self, id: StreamId, data: &[u8]) {
+        self.with_core(|state, now| state.core.handle_data(id, data, now));
+    }
+
+    fn on_flushed(&self, id: StreamId, n: usize) {
+        self.with_core(|state, now| state.core.handle_flushed(id, n, now));
+    }
+
+    fn on_end(&self, id: StreamId, reset: bool) -> bool {
+        self.with_core(|state, now| {
+            if reset {
+                state.core.handle_stream_reset(id, now);
+            } else {
+                state.core.handle_stream_closed(id, now);
+            }
+        });
+        false
+    }
+
+    fn on_finished(&self, id: StreamId) {
+        lock(&self.state).plumbing.remove(id);
+    }
+
+    fn on_timer(&self, waker: &Waker) -> TimerPoll {
+        let next = self.with_core(|state, now| {
+            if state.plumbing.stopped {
+                return None;
+            }
+            if state.core.poll_timeout().is_some_and(|t| t <= now) {
+                state.core.handle_timeout(now);
+            }
+            Some(())
+        });
+        let mut state = lock(&self.state);
+        if next.is_none() || state.plumbing.stopped {
+            return TimerPoll::Stop;
+        }
+        let next = state.core.poll_timeout();
+        state.plumbing.arm(next, waker);
+        TimerPoll::Sleep(next.map(|t| self.clock.runtime_time(t)))
+    }
+}
+
+impl<R: Runtime> Client<R> {
+    /// A client sending from `node`, with `config` (checked first).
+    pub fn new(node: &Node<R>, config: ClientConfig) -> Result<Self, ConfigError> {
+        let core = pointsub_proto::Client::new(peer_key(&node.peer_id()), config)?;
+        let shared = Arc::new_cyclic(|this| Shared {
+            node: node.clone(),
+            clock: Clock::new(node.runtime()),
+            state: Mutex::new(State {
+                core,
+                plumbing: Plumbing::default(),
+                waiters: HashMap::new(),
+            }),
+            this: this.clone(),
+        });
+        driver::spawn_timer(&shared);
+        Ok(Self {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Shared<R> {
+        &self.handle.shared
+    }
+
+    /// The node this client sends from.
+    pub fn node(&self) -> &Node<R> {
+        &self.shared().node
+    }
+
+    /// Sends `body` to `peer` on `protocol` and returns the response body.
+    ///
+    /// Ends with the response or exactly one [`RequestError`]: the peer is
+    /// this node, no address or no connection, a timeout, the server busy
+    /// or failing, a body over a size limit, the protocol not served, or
+    /// the client closed. Retryable failures are retried within the
+    /// configured budget first. Dropping the future cancels the request.
+    pub async fn send(
+        &self,
+        peer: PeerId,
+        protocol: &str,
+        body: Bytes,
+    ) -> Result<Bytes, RequestError> {
+        self.send_inner(peer, protocol, body, None).await
+    }
+
+    /// [`Client::send`] bounded by `timeout` overall, retries included
+    /// ([`RequestError::Timeout`] when it passes).
+    pub async fn send_with_timeout(
+        &self,
+        peer: PeerId,
+        protocol: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RequestError> {
+        self.send_inner(peer, protocol, body, Some(timeout)).await
+    }
+
+    async fn send_inner(
+        &self,
+        peer: PeerId,
+        protocol: &str,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, RequestError> {
+        let protocol = protocol_name(protocol)?;
+        let shared = self.shared();
+        let span = tracing::debug_span!("send", %peer, %protocol, size = body.len());
+        let deadline = timeout.map(|t| shared.clock.after(shared.runtime(), t));
+        let opts = match deadline {
+            Some(d) => pointsub_proto::SendOptions::default().with_deadline(d),
+            None => pointsub_proto::SendOptions::default(),
+        };
+        let key = peer_key(&peer);
+        shared
+            .request(move |core, now| core.send_with(key, protocol, body, opts, now))
+            .instrument(span)
+            .await
+            .map(|r| r.body)
+    }
+
+    /// Sends `body` to the server node of `protocol` closest to the body
+    /// (see [`Client::add_server_node`]), failing over to the next closest
+    /// when a node does not answer. Returns the response and the node that
+    /// produced it.
+    pub async fn send_closest(
+        &self,
+        protocol: &str,
+        body: Bytes,
+    ) -> Result<Response, RequestError> {
+        self.send_closest_with(protocol, body, ClosestOptions::default())
+            .await
+    }
+
+    /// [`Client::send_closest`] with a routing key, nodes to exclude,
+    /// hedging or an overall timeout.
+    pub async fn send_closest_with(
+        &self,
+        protocol: &str,
+        body: Bytes,
+        options: ClosestOptions,
+    ) -> Result<Response, RequestError> {
+        let protocol = protocol_name(protocol)?;
+        let shared = self.shared();
+        let span = tracing::debug_span!("send_closest", %protocol, size = body.len());
+        let mut opts = pointsub_proto::ClosestOptions::default()
+            .with_exclude(options.exclude.iter().map(peer_key).collect())
+            .with_hedge(options.hedge);
+        if let Some(key) = options.routing_key {
+            opts = opts.with_routing_key(key);
+        }
+        if let Some(t) = options.timeout {
+            opts = opts.with_deadline(shared.clock.after(shared.runtime(), t));
+        }
+        let response = shared
+            .request(move |core, now| core.send_closest(protocol, body, opts, now))
+            .instrument(span)
+            .await?;
+        let peer = peer_id(&response.peer)
+            .ok_or_else(|| RequestError::Protocol("answering node has no valid PeerId".into()))?;
+        Ok(Response {
+            body: response.body,
+            peer,
+        })
+    }
+
+    /// Adds `peer` to the server nodes of `protocol` for
+    /// [`Client::send_closest`]. Returns false if it was already there;
+    /// refuses this client's own node.
+    pub fn add_server_node(&self, protocol: &str, peer: PeerId) -> Result<bool, RequestError> {
+        let protocol = protocol_name(protocol)?;
+        let mut state = lock(&self.shared().state);
+        Ok(state.core.add_server_node(&protocol, peer_key(&peer))?)
+    }
+
+    /// Removes `peer` from the server nodes of `protocol`; an error if it
+    /// was not one.
+    pub fn remove_server_node(&self, protocol: &str, peer: PeerId) -> Result<(), RequestError> {
+        let protocol = protocol_name(protocol)?;
+        let mut state = lock(&self.shared().state);
+        Ok(state.core.remove_server_node(&protocol, &peer_key(&peer))?)
+    }
+
+    /// The server nodes of `protocol`, in the order they were added.
+    pub fn server_nodes(&self, protocol: &str) -> Vec<PeerId> {
+        let state = lock(&self.shared().state);
+        state
+            .core
+            .server_nodes(&Protocol::from(protocol))
+            .iter()
+            .filter_map(peer_id)
+            .collect()
+    }
+
+    /// Forgets every server node of `protocol`.
+    pub fn clear_server_nodes(&self, protocol: &str) {
+        lock(&self.shared().state)
+            .core
+            .clear_server_nodes(&Protocol::from(protocol));
+    }
+
+    /// Counters: requests, outcomes, retries, bytes, streams opened.
+    pub fn metrics(&self) -> ClientMetrics {
+        lock(&self.shared().state).core.metrics()
+    }
+
+    /// The pooled streams open now, with their traffic.
+    pub fn connections_info(&self) -> Vec<ConnectionInfo> {
+        let shared = self.shared();
+        let infos = {
+            let state = lock(&shared.state);
+            state.core.connections(shared.now())
+        };
+        ConnectionInfo::from_core(&shared.node, infos)
+    }
+
+    /// Closes the client: requests in flight end with
+    /// [`RequestError::Closed`], pooled streams close, later sends fail.
+    /// Idempotent.
+    pub fn close(&self) {
+        self.shared().close();
+    }
+
+    /// Whether [`Client::close`] was called (or every clone dropped).
+    pub fn is_closed(&self) -> bool {
+        lock(&self.shared().state).plumbing.stopped
+    }
+}

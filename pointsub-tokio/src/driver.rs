@@ -1,0 +1,441 @@
+//! The machinery the client and server drivers share: the write queues
+//! between a core and its streams ([`Plumbing`]), one I/O task per libp2p
+//! stream ([`StreamTask`]) and the timer task ([`TimerTask`]).
+//!
+//! A driver keeps its core behind one mutex. Whoever has news (a user call,
+//! a stream's I/O task, the timer) locks it, feeds the core, drains the
+//! core's outputs into [`Plumbing`] and wakes, after unlocking, the tasks
+//! that have work. The core decides; these tasks only move bytes and time.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant as StdInstant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::io::{AsyncRead, AsyncWrite};
+use libp2p::Stream;
+use pointsub_proto::{StreamId, Transmit};
+
+use crate::rt::{BoxSleep, Runtime};
+
+/// Bytes read from a stream per read call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Queued transmits are merged into one write up to this many bytes, so a
+/// burst of small frames becomes one muxer frame and one encrypted record.
+const COALESCE_LIMIT: usize = 256 * 1024;
+
+/// Reads and writes one I/O task does before yielding to the runtime.
+const POLL_BUDGET: usize = 32;
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves
+/// the state consistent, so one panic must not cascade.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How the core asked for a stream to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// Flush what is queued, then close our write side.
+    Graceful,
+    /// Drop the stream at once (the muxer resets it).
+    Reset,
+}
+
+#[derive(Default)]
+struct Slot {
+    pending: VecDeque<Bytes>,
+    close: Option<Close>,
+    waker: Option<Waker>,
+}
+
+/// What a stream's I/O task should do next.
+pub(crate) enum Output {
+    /// Write these bytes.
+    Data(Bytes),
+    /// Nothing queued; end the stream this way.
+    Close(Close),
+    /// Nothing to do until woken.
+    Idle,
+}
+
+/// Wakers collected under the lock, woken after it is released.
+#[derive(Default)]
+pub(crate) struct Wakers(Vec<Waker>);
+
+impl Wakers {
+    pub(crate) fn push(&mut self, w: Option<Waker>) {
+        if let Some(w) = w {
+            self.0.push(w);
+        }
+    }
+
+    pub(crate) fn wake(self) {
+        for w in self.0 {
+            w.wake();
+        }
+    }
+}
+
+/// The per-core bookkeeping between the core and its tasks: each live
+/// stream's queue of bytes to write and close request, and the timer.
+#[derive(Default)]
+pub(crate) struct Plumbing {
+    slots: HashMap<StreamId, Slot>,
+    timer_waker: Option<Waker>,
+    /// The deadline the timer task sleeps until.
+    timer_armed: Option<pointsub_proto::Instant>,
+    /// Set once the core is finished: tasks end.
+    pub(crate) stopped: bool,
+}
+
+impl Plumbing {
+    /// Starts tracking a stream whose I/O task is about to be spawned.
+    pub(crate) fn add_stream(&mut self, id: StreamId) {
+        self.slots.insert(id, Slot::default());
+    }
+
+    /// Queues a transmit on its stream; a transmit for a stream without a
+    /// task (already ended) is dropped: the core has been told it ended.
+    pub(crate) fn push(&mut self, t: Transmit, wakers: &mut Wakers) {
+        if let Some(slot) = self.slots.get_mut(&t.stream) {
+            slot.pending.push_back(t.data);
+            wakers.push(slot.waker.take());
+        }
+    }
+
+    /// Asks a stream's task to end it.
+    pub(crate) fn close(&mut self, id: StreamId, how: Close, wakers: &mut Wakers) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            // A reset overrides a graceful close, never the other way.
+            if slot.close != Some(Close::Reset) {
+                slot.close = Some(how);
+            }
+            if how == Close::Reset {
+                slot.pending.clear();
+            }
+            wakers.push(slot.waker.take());
+        }
+    }
+
+    /// Ends every stream (the core is gone) and the timer.
+    pub(crate) fn stop_all(&mut self, wakers: &mut Wakers) {
+        self.stopped = true;
+        for slot in self.slots.values_mut() {
+            if slot.close.is_none() {
+                slot.close = Some(Close::Graceful);
+            }
+            wakers.push(slot.waker.take());
+        }
+        wakers.push(self.timer_waker.take());
+    }
+
+    /// Forgets a stream whose task ended.
+    pub(crate) fn remove(&mut self, id: StreamId) {
+        self.slots.remove(&id);
+    }
+
+    /// Number of streams with a live I/O task.
+    pub(crate) fn streams(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The next thing a stream's task should do; registers its waker.
+    pub(crate) fn take_output(&mut self, id: StreamId, waker: &Waker) -> Output {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return Output::Close(Close::Reset);
+        };
+        match slot.pending.len() {
+            0 => {}
+            1 => return Output::Data(slot.pending.pop_front().unwrap_or_default()),
+            _ => {
+                let first = slot.pending.pop_front().unwrap_or_default();
+                if first.len() >= COALESCE_LIMIT {
+                    return Output::Data(first);
+                }
+                let mut merged = BytesMut::with_capacity(
+                    slot.pending
+                        .iter()
+                        .map(Bytes::len)
+                        .sum::<usize>()
+                        .saturating_add(first.len())
+                        .min(COALESCE_LIMIT),
+                );
+                merged.extend_from_slice(&first);
+                while let Some(next) = slot.pending.front() {
+                    if merged.len() + next.len() > COALESCE_LIMIT {
+                        break;
+                    }
+                    merged.extend_from_slice(next);
+                    slot.pending.pop_front();
+                }
+                return Output::Data(merged.freeze());
+            }
+        }
+        if let Some(close) = slot.close {
+            return Output::Close(close);
+        }
+        match &slot.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => slot.waker = Some(waker.clone()),
+        }
+        Output::Idle
+    }
+
+    /// After the core was drained: wakes the timer task if the core's next
+    /// deadline is earlier than the one it sleeps until.
+    pub(crate) fn rearm(&mut self, next: Option<pointsub_proto::Instant>, wakers: &mut Wakers) {
+        let Some(next) = next else {
+            return;
+        };
+        if self.timer_armed.is_none_or(|armed| next < armed) {
+            self.timer_armed = Some(next);
+            wakers.push(self.timer_waker.take());
+        }
+    }
+
+    /// Records what the timer task sleeps until, and its waker.
+    pub(crate) fn arm(&mut self, next: Option<pointsub_proto::Instant>, waker: &Waker) {
+        self.timer_armed = next;
+        self.timer_waker = Some(waker.clone());
+    }
+}
+
+/// A core as seen by the tasks that serve it.
+pub(crate) trait Engine: Send + Sync + 'static {
+    /// The runtime the tasks run on.
+    type Rt: Runtime;
+
+    /// The runtime, for timers.
+    fn runtime(&self) -> &Self::Rt;
+
+    /// The next thing the stream's task should do (see [`Plumbing::take_output`]).
+    fn take_output(&self, id: StreamId, waker: &Waker) -> Output;
+
+    /// Bytes arrived on a stream.
+    fn on_data(&self, id: StreamId, data: &[u8]);
+
+    /// Bytes were handed to the stream.
+    fn on_flushed(&self, id: StreamId, n: usize);
+
+    /// The remote closed its side (`reset == false`) or the stream broke.
+    /// Returns whether the core may still write on it.
+    fn on_end(&self, id: StreamId, reset: bool) -> bool;
+
+    /// The stream's task ended.
+    fn on_finished(&self, id: StreamId);
+
+    /// Runs due timers; says what to sleep until next.
+    fn on_timer(&self, waker: &Waker) -> TimerPoll;
+}
+
+/// What the timer task does next.
+pub(crate) enum TimerPoll {
+    /// The core is finished: the task ends.
+    Stop,
+    /// Sleep until this instant, or until woken when `None`.
+    Sleep(Option<StdInstant>),
+}
+
+/// Spawns the I/O task of a stream the engine already tracks.
+pub(crate) fn spawn_stream<E: Engine>(
+    engine: &Arc<E>,
+    id: StreamId,
+    stream: Stream,
+    span: tracing::Span,
+) {
+    let task = StreamTask {
+        engine: engine.clone(),
+        id,
+        stream: Some(stream),
+        out: None,
+        unflushed: false,
+        read_open: true,
+        closing: None,
+        buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+        span,
+    };
+    engine.runtime().spawn(Box::pin(task));
+}
+
+/// Moves one stream's bytes: writes what the core queued, reads what the
+/// remote sent, and reports both (and the stream's end) to the core.
+struct StreamTask<E: Engine> {
+    engine: Arc<E>,
+    id: StreamId,
+    /// `None` once finished.
+    stream: Option<Stream>,
+    /// The rest of the write in progress.
+    out: Option<Bytes>,
+    unflushed: bool,
+    read_open: bool,
+    closing: Option<Close>,
+    buf: Box<[u8]>,
+    span: tracing::Span,
+}
+
+impl<E: Engine> StreamTask<E> {
+    fn finish(&mut self) -> Poll<()> {
+        if self.stream.take().is_some() {
+            self.engine.on_finished(self.id);
+        }
+        Poll::Ready(())
+    }
+
+    fn broken(&mut self, error: std::io::Error) -> Poll<()> {
+        tracing::debug!(stream = %self.id, %error, "stream broke");
+        self.engine.on_end(self.id, true);
+        self.finish()
+    }
+}
+
+impl<E: Engine> Future for StreamTask<E> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let span = this.span.clone();
+        let _entered = span.enter();
+        for _ in 0..POLL_BUDGET {
+            let mut progressed = false;
+            // Writes: everything the core queued, in order.
+            loop {
+                let Some(stream) = this.stream.as_mut() else {
+                    return Poll::Ready(());
+                };
+                if this.out.is_none() {
+                    match this.engine.take_output(this.id, cx.waker()) {
+                        Output::Data(b) => this.out = Some(b),
+                        Output::Close(c) => {
+                            this.closing = Some(c);
+                            break;
+                        }
+                        Output::Idle => break,
+                    }
+                }
+                let Some(out) = this.out.as_mut() else {
+                    break;
+                };
+                match Pin::new(&mut *stream).poll_write(cx, out) {
+                    Poll::Ready(Ok(0)) => {
+                        return this.broken(std::io::ErrorKind::WriteZero.into());
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        out.advance(n);
+                        if out.is_empty() {
+                            this.out = None;
+                        }
+                        this.unflushed = true;
+                        progressed = true;
+                        this.engine.on_flushed(this.id, n);
+                    }
+                    Poll::Ready(Err(e)) => return this.broken(e),
+                    Poll::Pending => break,
+                }
+            }
+            let Some(stream) = this.stream.as_mut() else {
+                return Poll::Ready(());
+            };
+            if this.unflushed && this.out.is_none() {
+                match Pin::new(&mut *stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => this.unflushed = false,
+                    Poll::Ready(Err(e)) => return this.broken(e),
+                    Poll::Pending => {}
+                }
+            }
+            match this.closing {
+                Some(Close::Reset) => return this.finish(),
+                Some(Close::Graceful) if this.out.is_none() => {
+                    return match Pin::new(&mut *stream).poll_close(cx) {
+                        Poll::Ready(_) => this.finish(),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+                _ => {}
+            }
+            // Reads.
+            if this.read_open {
+                match Pin::new(&mut *stream).poll_read(cx, &mut this.buf) {
+                    Poll::Ready(Ok(0)) => {
+                        this.read_open = false;
+                        progressed = true;
+                        if !this.engine.on_end(this.id, false) {
+                            return this.finish();
+                        }
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        progressed = true;
+                        this.engine.on_data(this.id, &this.buf[..n]);
+                    }
+                    Poll::Ready(Err(e)) => return this.broken(e),
+                    Poll::Pending => {}
+                }
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+        // Out of budget with work left: let other tasks run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<E: Engine> Drop for StreamTask<E> {
+    fn drop(&mut self) {
+        // Dropped unfinished (the runtime shut down): the core must learn
+        // the stream is gone so its requests end.
+        if self.stream.is_some() {
+            self.engine.on_end(self.id, true);
+            self.engine.on_finished(self.id);
+        }
+    }
+}
+
+/// Spawns the task that runs the core's timers.
+pub(crate) fn spawn_timer<E: Engine>(engine: &Arc<E>) {
+    let task = TimerTask {
+        engine: engine.clone(),
+        sleep: None,
+    };
+    engine.runtime().spawn(Box::pin(task));
+}
+
+/// Sleeps until the core's next deadline and runs its timers; woken early
+/// when an earlier deadline appears.
+struct TimerTask<E: Engine> {
+    engine: Arc<E>,
+    sleep: Option<(StdInstant, BoxSleep)>,
+}
+
+impl<E: Engine> Future for TimerTask<E> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let deadline = match this.engine.on_timer(cx.waker()) {
+                TimerPoll::Stop => return Poll::Ready(()),
+                TimerPoll::Sleep(d) => d,
+            };
+            let Some(deadline) = deadline else {
+                this.sleep = None;
+                return Poll::Pending;
+            };
+            if this.sleep.as_ref().is_none_or(|(at, _)| *at != deadline) {
+                this.sleep = Some((deadline, this.engine.runtime().sleep_until(deadline)));
+            }
+            let Some((_, sleep)) = this.sleep.as_mut() else {
+                return Poll::Pending;
+            };
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => this.sleep = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,597 @@
+//! [`Server`]: answers requests for one or more protocols with async
+//! handlers.
+//!
+//! The server core ([`pointsub_proto::Server`]) decides admission (the
+//! load-scaled limit, per-peer caps, "busy" answers), framing, limits,
+//! compression, timeouts and the graceful stop. This driver accepts the
+//! node's inbound streams for the started protocols, moves their bytes,
+//! and runs one handler task per admitted request.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::{BoxFuture, Either};
+use futures::{FutureExt, StreamExt};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use pointsub_proto::{
+    ConfigError, Instant, Protocol, ServerConfig, ServerError, ServerEvent, ServerMetrics, StreamId,
+};
+use tracing::Instrument;
+
+use crate::client::{peer_id, peer_key};
+use crate::driver::{self, Close, Engine, Output, Plumbing, TimerPoll, Wakers, lock};
+use crate::node::Node;
+use crate::rt::{Clock, Runtime};
+
+/// Default grace period of [`Server::stop`]: in-flight requests get this
+/// long to finish (30 s).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An error a handler returns; its message reaches the caller as
+/// [`RequestError::Handler`](pointsub_proto::RequestError::Handler).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+impl From<&str> for HandlerError {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+/// Why [`Server::start`] refused a protocol.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// libp2p protocol names start with `/`.
+    #[error("invalid protocol name {0:?}: it must start with '/'")]
+    InvalidProtocol(String),
+    /// Another server or listener on this node already serves it.
+    #[error("protocol {0} is already served on this node")]
+    AlreadyRegistered(String),
+    /// The server was stopped.
+    #[error("the server has been stopped")]
+    Stopped,
+}
+
+impl StartError {
+    /// Whether trying again may succeed (never: each cause is permanent
+    /// for this server).
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// One pooled stream, as [`Server::connections_info`] and
+/// [`Client::connections_info`](crate::generic::Client::connections_info)
+/// report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The remote peer.
+    pub peer: PeerId,
+    /// The remote's address on the connection the stream rides on, if
+    /// still connected.
+    pub remote_addr: Option<Multiaddr>,
+    /// The stream's protocol.
+    pub protocol: String,
+    /// The core's id of the stream.
+    pub stream: StreamId,
+    /// When the stream last carried bytes.
+    pub last_active: std::time::Instant,
+    /// How long it has been idle.
+    pub idle: Duration,
+    /// How long it has been open.
+    pub age: Duration,
+    /// Bytes received on it (as on the wire: compressed bodies count
+    /// compressed).
+    pub bytes_in: u64,
+    /// Bytes sent on it (as on the wire).
+    pub bytes_out: u64,
+    /// Requests it carried to completion.
+    pub requests: u64,
+    /// Requests on it now.
+    pub in_flight: usize,
+}
+
+impl ConnectionInfo {
+    pub(crate) fn from_core<R: Runtime>(
+        node: &Node<R>,
+        infos: Vec<pointsub_proto::ConnectionInfo>,
+    ) -> Vec<Self> {
+        let now = node.runtime().now();
+        infos
+            .into_iter()
+            .filter_map(|c| {
+                let peer = peer_id(&c.remote)?;
+                let busy = c.last_active.saturating_duration_since(c.opened_at);
+                Some(Self {
+                    peer,
+                    remote_addr: node.control().remote_addr(&peer),
+                    protocol: c.protocol.as_str().to_owned(),
+                    stream: c.stream,
+                    last_active: now.checked_sub(c.idle).unwrap_or(now),
+                    idle: c.idle,
+                    age: c.idle + busy,
+                    bytes_in: c.bytes_in,
+                    bytes_out: c.bytes_out,
+                    requests: c.requests,
+                    in_flight: c.in_flight,
+                })
+            })
+            .collect()
+    }
+}
+
+type Handler =
+    Arc<dyn Fn(PeerId, Bytes) -> BoxFuture<'static, Result<Bytes, String>> + Send + Sync>;
+
+/// Answers requests on a node. Cheap to clone; dropping the last clone
+/// stops it at once (without the grace period of [`Server::stop`]).
+pub struct Server<R: Runtime> {
+    handle: Arc<Handle<R>>,
+}
+
+impl<R: Runtime> Clone for Server<R> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<R: Runtime> fmt::Debug for Server<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local", &self.handle.shared.node.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Handle<R: Runtime> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: Runtime> Drop for Handle<R> {
+    fn drop(&mut self) {
+        self.shared
+            .with_core(|state, now| state.core.shutdown(now, now));
+    }
+}
+
+struct State {
+    core: pointsub_proto::Server,
+    plumbing: Plumbing,
+    handlers: HashMap<Protocol, Handler>,
+    /// Stops each protocol's accept loop (unregistering it).
+    accept_stops: Vec<oneshot::Sender<()>>,
+    /// Callers of `stop` waiting for the end.
+    stop_waiters: Vec<oneshot::Sender<()>>,
+    /// The core emitted `Stopped`.
+    stopped: bool,
+}
+
+/// A request admitted by the core, for a handler task.
+struct Job {
+    stream: StreamId,
+    request_id: u64,
+    peer: PeerId,
+    protocol: Protocol,
+    body: Bytes,
+    handler: Handler,
+}
+
+pub(crate) struct Shared<R: Runtime> {
+    node: Node<R>,
+    clock: Clock,
+    state: Mutex<State>,
+    this: Weak<Self>,
+}
+
+impl State {
+    fn drain(&mut self, now: Instant, wakers: &mut Wakers, jobs: &mut Vec<Job>) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                ServerEvent::Request {
+                    stream,
+                    request_id,
+                    peer,
+                    protocol,
+                    body,
+                } => {
+                    let handler = self.handlers.get(&protocol).cloned();
+                    match (handler, peer_id(&peer)) {
+                        (Some(handler), Some(peer)) => jobs.push(Job {
+                            stream,
+                            request_id,
+                            peer,
+                            protocol,
+                            body,
+                            handler,
+                        }),
+                        _ => self.core.respond(
+                            stream,
+                            request_id,
+                            Err(format!("no handler for protocol {protocol}")),
+                            now,
+                        ),
+                    }
+                }
+                ServerEvent::Cancel { stream, request_id } => {
+                    tracing::debug!(%stream, request_id, "request cancelled by the client");
+                }
+                ServerEvent::CloseStream { stream, reset } => {
+                    let how = if reset { Close::Reset } else { Close::Graceful };
+                    self.plumbing.close(stream, how, wakers);
+                }
+                ServerEvent::Stopped => {
+                    tracing::debug!("server stopped");
+                    self.stopped = true;
+                    for stop in self.accept_stops.drain(..) {
+                        let _ = stop.send(());
+                    }
+                    self.plumbing.stop_all(wakers);
+                }
+                _ => {}
+            }
+        }
+        while let Some(t) = self.core.poll_transmit() {
+            self.plumbing.push(t, wakers);
+        }
+        self.plumbing.rearm(self.core.poll_timeout(), wakers);
+        self.release_stop_waiters();
+    }
+
+    /// Once stopped and every stream has flushed its last bytes, `stop`
+    /// returns.
+    fn release_stop_waiters(&mut self) {
+        if self.stopped && self.plumbing.streams() == 0 {
+            for w in self.stop_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+}
+
+impl<R: Runtime> Shared<R> {
+    fn now(&self) -> Instant {
+        self.clock.core_time(self.node.runtime().now())
+    }
+
+    /// Runs `f` on the core, then carries out what the core asked for.
+    fn with_core<T>(&self, f: impl FnOnce(&mut State, Instant) -> T) -> T {
+        let mut wakers = Wakers::default();
+        let mut jobs = Vec::new();
+        let out = {
+            let mut state = lock(&self.state);
+            let now = self.now();
+            let out = f(&mut state, now);
+            state.drain(now, &mut wakers, &mut jobs);
+            out
+        };
+        wakers.wake();
+        for job in jobs {
+            self.run(job);
+        }
+        out
+    }
+
+    /// Runs a handler for one request and answers with its result.
+    fn run(&self, job: Job) {
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        let span = tracing::debug_span!(
+            "handle",
+            stream = %job.stream,
+            request = job.request_id,
+            peer = %job.peer,
+            protocol = %job.protocol,
+        );
+        let mut guard = RespondOnDrop {
+            shared: this,
+            stream: job.stream,
+            request_id: job.request_id,
+            armed: true,
+        };
+        let task = async move {
+            let Job {
+                peer,
+                body,
+                handler,
+                ..
+            } = job;
+            let result = AssertUnwindSafe(async move { handler(peer, body).await })
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err("handler panicked".to_owned()));
+            guard.respond(result);
+        };
+        self.node.runtime().spawn(Box::pin(task.instrument(span)));
+    }
+
+    /// A peer opened a stream for one of our protocols.
+    fn inbound(&self, peer: PeerId, protocol: Protocol, stream: libp2p::Stream) {
+        let admitted = self.with_core(|state, now| {
+            match state
+                .core
+                .handle_inbound_stream(peer_key(&peer), protocol.clone(), now)
+            {
+                Ok(id) => {
+                    state.plumbing.add_stream(id);
+                    Some(id)
+                }
+                Err(error) => {
+                    tracing::debug!(%peer, %protocol, %error, "inbound stream refused");
+                    None
+                }
+            }
+        });
+        match (admitted, self.this.upgrade()) {
+            (Some(id), Some(this)) => {
+                let span = tracing::debug_span!("server_stream", stream = %id, %peer, %protocol);
+                driver::spawn_stream(&this, id, stream, span);
+            }
+            // Refused: dropping the stream resets it.
+            _ => drop(stream),
+        }
+    }
+}
+
+/// Answers a request exactly once: with the handler's result, or with an
+/// error if the handler task is dropped first (runtime shutting down).
+struct RespondOnDrop<R: Runtime> {
+    shared: Arc<Shared<R>>,
+    stream: StreamId,
+    request_id: u64,
+    armed: bool,
+}
+
+impl<R: Runtime> RespondOnDrop<R> {
+    fn respond(&mut self, result: Result<Bytes, String>) {
+        if std::mem::replace(&mut self.armed, false) {
+            let (stream, id) = (self.stream, self.request_id);
+            self.shared
+                .with_core(|state, now| state.core.respond(stream, id, result, now));
+        }
+    }
+}
+
+impl<R: Runtime> Drop for RespondOnDrop<R> {
+    fn drop(&mut self) {
+        self.respond(Err("handler was dropped before answering".to_owned()));
+    }
+}
+
+impl<R: Runtime> Engine for Shared<R> {
+    type Rt = R;
+
+    fn runtime(&self) -> &R {
+        self.node.runtime()
+    }
+
+    fn take_output(&self, id: StreamId, waker: &Waker) -> Output {
+        lock(&self.state).plumbing.take_output(id, waker)
+    }
+
+    fn on_data(&self, id: StreamId, data: &[u8]) {
+        self.with_core(|state, now| state.core.handle_data(id, data, now));
+    }
+
+    fn on_flushed(&self, id: StreamId, n: usize) {
+        self.with_core(|state, now| state.core.handle_flushed(id, n, now));
+    }
+
+    fn on_end(&self, id: StreamId, reset: bool) -> bool {
+        self.with_core(|state, now| {
+            if reset {
+                state.core.handle_stream_reset(id, now);
+            } else {
+                // The core may still answer what it read; it closes the
+                // stream when done.
+                state.core.handle_stream_closed(id, now);
+            }
+        });
+        !reset
+    }
+
+    fn on_finished(&self, id: StreamId) {
+        let mut state = lock(&self.state);
+        state.plumbing.remove(id);
+        state.release_stop_waiters();
+    }
+
+    fn on_timer(&self, waker: &Waker) -> TimerPoll {
+        self.with_core(|state, now| {
+            if state.core.poll_timeout().is_some_and(|t| t <= now) {
+                state.core.handle_timeout(now);
+            }
+        });
+        let mut state = lock(&self.state);
+        if state.plumbing.stopped {
+            return TimerPoll::Stop;
+        }
+        let next = state.core.poll_timeout();
+        state.plumbing.arm(next, waker);
+        TimerPoll::Sleep(next.map(|t| self.clock.runtime_time(t)))
+    }
+}
+
+impl<R: Runtime> Server<R> {
+    /// A server on `node` with `config` (checked first). It serves
+    /// nothing until [`Server::start`].
+    pub fn new(node: &Node<R>, config: ServerConfig) -> Result<Self, ConfigError> {
+        let core = pointsub_proto::Server::new(config)?;
+        let shared = Arc::new_cyclic(|this| Shared {
+            node: node.clone(),
+            clock: Clock::new(node.runtime()),
+            state: Mutex::new(State {
+                core,
+                plumbing: Plumbing::default(),
+                handlers: HashMap::new(),
+                accept_stops: Vec::new(),
+                stop_waiters: Vec::new(),
+                stopped: false,
+            }),
+            this: this.clone(),
+        });
+        driver::spawn_timer(&shared);
+        Ok(Self {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared<R>> {
+        &self.handle.shared
+    }
+
+    /// The node this server answers on.
+    pub fn node(&self) -> &Node<R> {
+        &self.shared().node
+    }
+
+    /// Serves `protocol` with `handler`, which gets the caller's
+    /// authenticated `PeerId` and the request body and returns the
+    /// response body, or an error whose message the caller receives as
+    /// [`RequestError::Handler`](pointsub_proto::RequestError::Handler).
+    ///
+    /// One server may serve several protocols. A handler that panics is
+    /// answered with an error; the server keeps running.
+    pub fn start<F, Fut, E>(&self, protocol: &str, handler: F) -> Result<(), StartError>
+    where
+        F: Fn(PeerId, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        let stream_protocol = StreamProtocol::try_from_owned(protocol.to_owned())
+            .map_err(|_| StartError::InvalidProtocol(protocol.to_owned()))?;
+        let name = Protocol::from(protocol);
+        let handler: Handler = Arc::new(move |peer, body| {
+            let fut = handler(peer, body);
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        {
+            let mut state = lock(&self.shared().state);
+            if state.stopped {
+                return Err(StartError::Stopped);
+            }
+            state.core.register(name.clone()).map_err(|e| match e {
+                ServerError::AlreadyRegistered(_) => {
+                    StartError::AlreadyRegistered(protocol.to_owned())
+                }
+                _ => StartError::Stopped,
+            })?;
+            state.handlers.insert(name.clone(), handler);
+            state.accept_stops.push(stop_tx);
+        }
+        let mut incoming = match self.node().accept(stream_protocol) {
+            Ok(incoming) => incoming,
+            Err(_) => {
+                let mut state = lock(&self.shared().state);
+                state.core.unregister(&name);
+                state.handlers.remove(&name);
+                return Err(StartError::AlreadyRegistered(protocol.to_owned()));
+            }
+        };
+        let shared = Arc::downgrade(self.shared());
+        let span = tracing::debug_span!("accept", protocol = %name);
+        let task = async move {
+            let mut stop = stop_rx;
+            loop {
+                let next = futures::future::select(&mut stop, incoming.next()).await;
+                let (peer, stream) = match next {
+                    Either::Right((Some(s), _)) => s,
+                    // Stopped, or the node shut down.
+                    _ => break,
+                };
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                shared.inbound(peer, name.clone(), stream);
+            }
+            // Dropping `incoming` unregisters the protocol from the node.
+        };
+        self.node().runtime().spawn(Box::pin(task.instrument(span)));
+        Ok(())
+    }
+
+    /// Only `peers` may call `protocol` (others get
+    /// [`RequestError::Forbidden`](pointsub_proto::RequestError::Forbidden));
+    /// `None` lifts the restriction.
+    pub fn set_allow_list(&self, protocol: &str, peers: Option<Vec<PeerId>>) {
+        let peers: Option<BTreeSet<_>> = peers.map(|p| p.iter().map(peer_key).collect());
+        lock(&self.shared().state)
+            .core
+            .set_allow_list(Protocol::from(protocol), peers);
+    }
+
+    /// Stops gracefully with the [`DEFAULT_STOP_TIMEOUT`] grace period (see
+    /// [`Server::stop_with_timeout`]).
+    pub async fn stop(&self) {
+        self.stop_with_timeout(DEFAULT_STOP_TIMEOUT).await;
+    }
+
+    /// Stops gracefully: new requests are answered
+    /// [`RequestError::ShuttingDown`](pointsub_proto::RequestError::ShuttingDown)
+    /// (retryable, so clients fail over), requests being handled have
+    /// `grace` to finish and be answered, then the rest are answered
+    /// `ShuttingDown` too and the protocols are unregistered. Returns once
+    /// every answer has been written (or, for a peer that stopped reading,
+    /// after the write timeout).
+    pub async fn stop_with_timeout(&self, grace: Duration) {
+        let shared = self.shared();
+        let (tx, rx) = oneshot::channel();
+        shared.with_core(|state, now| {
+            state.stop_waiters.push(tx);
+            state.core.shutdown(now + grace, now);
+        });
+        let write_timeout = lock(&shared.state).core.config().write_timeout;
+        let bound = shared.node.runtime().sleep(grace + write_timeout);
+        let _ = futures::future::select(rx, bound).await;
+    }
+
+    /// Whether the server has stopped.
+    pub fn is_stopped(&self) -> bool {
+        lock(&self.shared().state).stopped
+    }
+
+    /// Counters: requests, outcomes, "busy" refusals, bytes, streams.
+    pub fn metrics(&self) -> ServerMetrics {
+        lock(&self.shared().state).core.metrics()
+    }
+
+    /// The inbound streams open now: remote peer and address, last
+    /// activity, idle time, bytes each way and requests carried.
+    pub fn connections_info(&self) -> Vec<ConnectionInfo> {
+        let shared = self.shared();
+        let infos = {
+            let state = lock(&shared.state);
+            state.core.connections(shared.now())
+        };
+        ConnectionInfo::from_core(&shared.node, infos)
+    }
+
+    /// Requests being handled now.
+    pub fn active(&self) -> usize {
+        lock(&self.shared().state).core.active()
+    }
+
+    /// The current admission limit (moves with load).
+    pub fn admission_limit(&self) -> usize {
+        lock(&self.shared().state).core.admission_limit()
+    }
+}
