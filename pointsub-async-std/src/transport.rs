@@ -39,27 +39,28 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_io::{Async, Timer};
+use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Ready};
 use futures::io::{AsyncRead, AsyncWrite, IoSlice, IoSliceMut};
-use futures::{Future, StreamExt};
 use if_watch::IfEvent;
 use libp2p::core::multiaddr::{Multiaddr, Protocol};
 use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::transport::{
     Boxed, DialOpts, ListenerId, Transport, TransportError, TransportEvent,
 };
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{PeerId, Swarm, noise, yamux};
+use libp2p::{PeerId, Swarm, noise};
+use pointsub_tokio::RuntimeExecutor;
+use pointsub_tokio::node::{tune_swarm_config, yamux_config};
+
+use crate::rt::AsyncStdRuntime;
 
 /// How long a listener pauses after an accept error before accepting again,
 /// so a persistent error (e.g. out of file descriptors) is not a busy loop.
 const PAUSE_AFTER_ERROR: Duration = Duration::from_millis(100);
-
-/// Timeout applied by [`build_transport`] to the whole connection upgrade
-/// (protocol negotiation, noise handshake, yamux setup).
-pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Configuration of a [`TcpTransport`].
 ///
@@ -590,20 +591,6 @@ fn socketaddr_to_multiaddr(addr: SocketAddr) -> Multiaddr {
         .with(Protocol::Tcp(addr.port()))
 }
 
-/// Spawns the swarm's connection tasks on async-std's global executor.
-///
-/// That executor runs on its own threads, so it also serves a swarm driven
-/// from `smol::block_on` (both runtimes share the `async-io` reactor).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Executor;
-
-impl libp2p::swarm::Executor for Executor {
-    fn exec(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
-        // Detached: the swarm tracks the task through its own channels.
-        drop(async_std::task::spawn(future));
-    }
-}
-
 /// Why [`build_swarm`] or [`build_transport`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -614,36 +601,41 @@ pub enum BuildError {
 }
 
 /// The full connection stack on [`TcpTransport`] with `config`: multistream
-/// select (V1Lazy), noise authentication with `keypair`, yamux multiplexing,
-/// and an [`UPGRADE_TIMEOUT`] on the upgrade.
+/// select (V1Lazy), noise authentication with `keypair`, yamux multiplexing
+/// with pointsub's stream limits ([`yamux_config`]), and `connect_timeout`
+/// on establishing each connection (dial or accept, TCP through yamux).
 pub fn build_transport(
     keypair: &Keypair,
     config: Config,
+    connect_timeout: Duration,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, BuildError> {
-    Ok(TcpTransport::new(config)
+    let upgraded = TcpTransport::new(config)
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(keypair)?)
-        .multiplex(yamux::Config::default())
-        .timeout(UPGRADE_TIMEOUT)
-        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-        .boxed())
+        .multiplex(yamux_config())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    Ok(TransportTimeout::new(upgraded, connect_timeout).boxed())
 }
 
-/// A swarm over [`build_transport`] (default [`Config`]) for `behaviour`,
-/// identified by `keypair`, whose tasks run on [`Executor`] and whose
-/// connections close after `idle_timeout` without streams.
+/// A swarm for `behaviour` over [`build_transport`] (default [`Config`]),
+/// identified by `keypair`, with pointsub's swarm settings
+/// ([`tune_swarm_config`]: `idle_connection_timeout`, stream limits) and its
+/// connection tasks spawned on `runtime`.
 pub fn build_swarm<B: NetworkBehaviour + Send>(
     keypair: Keypair,
     behaviour: B,
-    idle_timeout: Duration,
+    runtime: AsyncStdRuntime,
+    idle_connection_timeout: Duration,
+    connect_timeout: Duration,
 ) -> Result<Swarm<B>, BuildError> {
-    let transport = build_transport(&keypair, Config::default())?;
+    let transport = build_transport(&keypair, Config::default(), connect_timeout)?;
     let peer_id = keypair.public().to_peer_id();
+    let config = libp2p::swarm::Config::with_executor(RuntimeExecutor(runtime));
     Ok(Swarm::new(
         transport,
         behaviour,
         peer_id,
-        libp2p::swarm::Config::with_executor(Executor).with_idle_connection_timeout(idle_timeout),
+        tune_swarm_config(config, idle_connection_timeout),
     ))
 }
 

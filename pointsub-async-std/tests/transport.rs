@@ -1,18 +1,19 @@
 //! The async-io TCP transport on real loopback sockets, raw and under a
-//! noise + yamux swarm. Every test is bounded by [`bounded`].
+//! noise + yamux swarm. Every test is bounded by [`common::bounded`].
 
-use std::future::Future;
+mod common;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Context;
 use std::time::Duration;
 
-use async_io::Timer;
-use futures::future::{Either, poll_fn};
+use common::bounded;
+use futures::StreamExt;
+use futures::future::poll_fn;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::task::ArcWake;
-use futures::{StreamExt, pin_mut};
 use libp2p::core::transport::{
     DialOpts, ListenerId, PortUse, Transport, TransportError, TransportEvent,
 };
@@ -20,20 +21,10 @@ use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::{Multiaddr, Protocol};
 use libp2p::swarm::{SwarmEvent, dummy};
+use pointsub_async_std::AsyncStdRuntime;
 use pointsub_async_std::transport::{Config, TcpStream, TcpTransport, build_swarm};
 
 type Event = TransportEvent<<TcpTransport as Transport>::ListenerUpgrade, std::io::Error>;
-
-const LIMIT: Duration = Duration::from_secs(20);
-
-/// Runs `f` to completion, panicking if it takes longer than [`LIMIT`].
-async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
-    pin_mut!(f);
-    match futures::future::select(f, Timer::after(LIMIT)).await {
-        Either::Left((out, _)) => out,
-        Either::Right(_) => panic!("{what}: no result within {LIMIT:?}"),
-    }
-}
 
 async fn next_event(t: &mut TcpTransport) -> Event {
     poll_fn(|cx| Pin::new(&mut *t).poll(cx)).await
@@ -398,8 +389,10 @@ async fn swarms_connect() {
     let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
     let (ida, idb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
     let idle = Duration::from_secs(60);
-    let mut a = build_swarm(ka, dummy::Behaviour, idle).expect("swarm a");
-    let mut b = build_swarm(kb, dummy::Behaviour, idle).expect("swarm b");
+    let rt = AsyncStdRuntime::new();
+    let connect = Duration::from_secs(5);
+    let mut a = build_swarm(ka, dummy::Behaviour, rt.clone(), idle, connect).expect("swarm a");
+    let mut b = build_swarm(kb, dummy::Behaviour, rt, idle, connect).expect("swarm b");
     assert_eq!(*a.local_peer_id(), ida);
 
     a.listen_on(ma("/ip4/127.0.0.1/tcp/0")).expect("listen");

@@ -24,9 +24,14 @@ use crate::rt::{BoxSleep, Runtime};
 /// Bytes read from a stream per read call.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Queued transmits are merged into one write up to this many bytes, so a
-/// burst of small frames becomes one muxer frame and one encrypted record.
-const COALESCE_LIMIT: usize = 256 * 1024;
+/// Queued transmits smaller than this are merged into one write (up to
+/// [`COALESCE_LIMIT`] bytes), so a burst of small frames becomes one muxer
+/// frame and one encrypted record; larger ones are written as they are,
+/// without a copy.
+const COALESCE_BELOW: usize = 16 * 1024;
+
+/// Largest merged write.
+const COALESCE_LIMIT: usize = 64 * 1024;
 
 /// Reads and writes one I/O task does before yielding to the runtime.
 const POLL_BUDGET: usize = 32;
@@ -149,32 +154,28 @@ impl Plumbing {
         let Some(slot) = self.slots.get_mut(&id) else {
             return Output::Close(Close::Reset);
         };
-        match slot.pending.len() {
-            0 => {}
-            1 => return Output::Data(slot.pending.pop_front().unwrap_or_default()),
-            _ => {
-                let first = slot.pending.pop_front().unwrap_or_default();
-                if first.len() >= COALESCE_LIMIT {
-                    return Output::Data(first);
-                }
-                let mut merged = BytesMut::with_capacity(
-                    slot.pending
-                        .iter()
-                        .map(Bytes::len)
-                        .sum::<usize>()
-                        .saturating_add(first.len())
-                        .min(COALESCE_LIMIT),
-                );
-                merged.extend_from_slice(&first);
-                while let Some(next) = slot.pending.front() {
-                    if merged.len() + next.len() > COALESCE_LIMIT {
-                        break;
-                    }
-                    merged.extend_from_slice(next);
-                    slot.pending.pop_front();
-                }
-                return Output::Data(merged.freeze());
+        if let Some(first) = slot.pending.pop_front() {
+            let small = |b: &Bytes| b.len() < COALESCE_BELOW;
+            if !small(&first) || slot.pending.front().is_none_or(|b| !small(b)) {
+                return Output::Data(first);
             }
+            let mut total = first.len();
+            for b in slot.pending.iter() {
+                if !small(b) || total + b.len() > COALESCE_LIMIT {
+                    break;
+                }
+                total += b.len();
+            }
+            let mut merged = BytesMut::with_capacity(total);
+            merged.extend_from_slice(&first);
+            while let Some(next) = slot.pending.front() {
+                if !small(next) || merged.len() + next.len() > COALESCE_LIMIT {
+                    break;
+                }
+                merged.extend_from_slice(next);
+                slot.pending.pop_front();
+            }
+            return Output::Data(merged.freeze());
         }
         if let Some(close) = slot.close {
             return Output::Close(close);

@@ -65,7 +65,9 @@ pub use behaviour::{
 pub use client::{ClosestOptions, Response};
 pub use conn::{ConnError, DEFAULT_CONN_TIMEOUT};
 pub use libp2p::{self, Multiaddr, PeerId, Stream, StreamProtocol};
-pub use node::NodeError;
+pub use node::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, NodeConfig, NodeError, NodeRuntime,
+};
 pub use pointsub_proto::{
     self as proto, ClientConfig, ClientMetrics, ConfigError, RequestError, ServerConfig,
     ServerMetrics,
@@ -73,7 +75,4 @@ pub use pointsub_proto::{
 pub use rt::{Runtime, RuntimeExecutor};
 pub use server::{ConnectionInfo, HandlerError, StartError};
 #[cfg(feature = "tokio-runtime")]
-pub use tokio_rt::{
-    Client, Conn, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, Listener, Node,
-    NodeConfig, Server, TokioRuntime,
-};
+pub use tokio_rt::{Client, Conn, Listener, Node, Server, TokioRuntime};

@@ -11,30 +11,35 @@
 //! # Stream limits (libp2p 0.57)
 //!
 //! * yamux (`libp2p-yamux` 0.48 over `yamux` 0.14): `Config` exposes only
-//!   `set_max_num_streams` (default 512). The underlying `yamux::Config`
-//!   asserts `max_connection_receive_window >= max_num_streams * 256 KiB`,
-//!   and that window is fixed at its 1 GiB default (`libp2p-yamux` does not
-//!   expose it), so the largest legal value is 4096; 8192 would panic at
-//!   configuration time. [`yamux_config`] sets
-//!   [`MAX_STREAMS_PER_CONNECTION`] = 4096. Beyond it, an opener's
-//!   connection is closed (libp2p-swarm treats the muxer's "too many
-//!   streams" as a connection error) and a receiving yamux terminates the
-//!   connection, so every node must use the same limit and upper layers
-//!   must keep fewer streams than that per peer. yamux also lets at most
-//!   256 of our outbound streams wait for the remote's ACK; further opens
-//!   wait (within the open timeout) rather than fail.
+//!   `set_max_num_streams` (default 512). The connection's receive window
+//!   is fixed at 1 GiB; every stream is guaranteed 256 KiB of it and
+//!   yamux's window auto-tuning grows a fast stream's window from what is
+//!   left, `1 GiB - max_num_streams * 256 KiB`. At 4096 streams (the most
+//!   the assertion in `yamux::Config` allows) nothing is left, windows stay
+//!   at 256 KiB and one stream carries at most 256 KiB per round trip,
+//!   which caps large bodies on a pooled stream.
+//!   [`yamux_config`] sets [`MAX_STREAMS_PER_CONNECTION`] = 1024, which
+//!   leaves 768 MiB for growth and is still four times what the pools keep
+//!   per peer (client: 100 streams in all; server: 256 per peer). Beyond
+//!   it, an opener's connection is closed (libp2p-swarm treats the muxer's
+//!   "too many streams" as a connection error) and a receiving yamux
+//!   terminates the connection, so every node must use the same limit and
+//!   upper layers must keep fewer streams than that per peer. yamux also
+//!   lets at most 256 of our outbound streams wait for the remote's ACK;
+//!   further opens wait (within the open timeout) rather than fail.
 //! * The swarm's `max_negotiating_inbound_streams` (default 128) drops
 //!   inbound substreams beyond it while they negotiate; yamux in turn drops
 //!   inbound streams when more than 256 queue up unpolled. We raise the
-//!   swarm limit to the same 4096 ([`tune_swarm_config`]) so bursts of
+//!   swarm limit to the same 1024 ([`tune_swarm_config`]) so bursts of
 //!   opens are negotiated, not reset.
 //! * QUIC (tokio only) limits concurrent bidirectional streams per
 //!   connection with `max_concurrent_stream_limit` (default 256); extra
 //!   opens wait for credit instead of failing. The tokio node raises it to
-//!   4096 as well.
+//!   1024 as well.
 
 use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -42,18 +47,21 @@ use futures::StreamExt;
 use futures::channel::oneshot;
 use futures::future::{self, Either};
 use libp2p::core::transport::ListenerId;
+use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 
 use crate::behaviour::{
-    AlreadyRegistered, Connect, Control, IncomingStreams, OpenStream, StreamBehaviour,
+    AlreadyRegistered, Connect, Control, DEFAULT_OPEN_TIMEOUT, IncomingStreams, OpenStream,
+    StreamBehaviour,
 };
 use crate::rt::Runtime;
 
 /// Streams allowed per connection by [`yamux_config`] and inbound streams
-/// allowed to negotiate at once by [`tune_swarm_config`]: 4096, the most
-/// `libp2p-yamux` 0.48 accepts (see the [module docs](self)).
-pub const MAX_STREAMS_PER_CONNECTION: usize = 4096;
+/// allowed to negotiate at once by [`tune_swarm_config`]: 1024, leaving
+/// yamux room to grow the windows of fast streams (see the
+/// [module docs](self)).
+pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
 
 /// How long [`Node::from_swarm`] waits for its listeners to report an
 /// address: 10 s.
@@ -84,6 +92,111 @@ pub fn tune_swarm_config(
         .with_idle_connection_timeout(idle_connection_timeout)
         .with_max_negotiating_inbound_streams(MAX_STREAMS_PER_CONNECTION)
         .with_notify_handler_buffer_size(buffer)
+}
+
+/// Default idle connection timeout: 5 minutes.
+pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// Default bound on establishing a connection: 5 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to build a [`Node`], on any runtime. The default needs no
+/// configuration: a fresh ed25519 identity, listening on loopback on
+/// ephemeral ports (TCP, plus QUIC where the runtime has it).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// The node's identity; `None` generates a fresh ed25519 key.
+    pub keypair: Option<Keypair>,
+    /// Where to listen. `None`: the runtime's default (tokio:
+    /// `/ip4/127.0.0.1/tcp/0` and `/ip4/127.0.0.1/udp/0/quic-v1`;
+    /// async-std: `/ip4/127.0.0.1/tcp/0`). `Some(vec![])`: dial-only node.
+    pub listen_addrs: Option<Vec<Multiaddr>>,
+    /// How long a connection with no streams stays open. Default 5 min.
+    pub idle_connection_timeout: Duration,
+    /// Bound on opening one stream (muxer wait plus protocol negotiation).
+    /// Default 5 s.
+    pub open_timeout: Duration,
+    /// Bound on establishing one connection (transport, security, muxer).
+    /// Default 5 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            keypair: None,
+            listen_addrs: None,
+            idle_connection_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Uses `keypair` as the node's identity.
+    #[must_use]
+    pub fn with_keypair(mut self, keypair: Keypair) -> Self {
+        self.keypair = Some(keypair);
+        self
+    }
+
+    /// Listens on exactly `addrs` (replacing the defaults; empty: dial
+    /// only).
+    #[must_use]
+    pub fn with_listen_addrs(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.listen_addrs = Some(addrs.into_iter().collect());
+        self
+    }
+
+    /// Sets the idle connection timeout.
+    #[must_use]
+    pub fn with_idle_connection_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_connection_timeout = timeout;
+        self
+    }
+
+    /// Sets the stream open timeout.
+    #[must_use]
+    pub fn with_open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Sets the connection establishment timeout.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+/// A [`Runtime`] that can build a node's swarm (its transports) and start
+/// it: what makes [`Node::new`] work on that runtime.
+pub trait NodeRuntime: Runtime {
+    /// The runtime [`Node::new`] uses: the caller's current one, or an
+    /// error when there is none.
+    fn for_new_node() -> Result<Self, NodeError>;
+
+    /// Builds the swarm for `config` on this runtime and starts the node
+    /// (through [`Node::from_swarm`]).
+    fn start_node(
+        self,
+        config: NodeConfig,
+    ) -> impl Future<Output = Result<Node<Self>, NodeError>> + Send;
+}
+
+impl<R: NodeRuntime> Node<R> {
+    /// Builds and starts a node from `config` on the current runtime.
+    pub async fn new(config: NodeConfig) -> Result<Self, NodeError> {
+        R::for_new_node()?.start_node(config).await
+    }
+
+    /// Builds and starts a node from `config` on `runtime`.
+    pub async fn with_runtime(config: NodeConfig, runtime: R) -> Result<Self, NodeError> {
+        runtime.start_node(config).await
+    }
 }
 
 /// Why a node could not be created.

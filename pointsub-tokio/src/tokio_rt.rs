@@ -9,8 +9,10 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, SwarmBuilder, noise, tcp};
 
-use crate::behaviour::{DEFAULT_OPEN_TIMEOUT, StreamBehaviour};
-use crate::node::{MAX_STREAMS_PER_CONNECTION, NodeError, tune_swarm_config, yamux_config};
+use crate::behaviour::StreamBehaviour;
+use crate::node::{
+    MAX_STREAMS_PER_CONNECTION, NodeConfig, NodeError, NodeRuntime, tune_swarm_config, yamux_config,
+};
 use crate::rt::{BoxSleep, BoxTask, Runtime};
 
 /// A [`Runtime`] backed by a tokio runtime handle.
@@ -88,85 +90,22 @@ pub type Listener = crate::conn::Listener<TokioRuntime>;
 /// A [`Conn`](crate::generic::Conn) on tokio: implements tokio's `AsyncRead` and `AsyncWrite`.
 pub type Conn = crate::conn::Conn<TokioRuntime>;
 
-/// Default idle connection timeout: 5 minutes.
-pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+impl NodeRuntime for TokioRuntime {
+    fn for_new_node() -> Result<Self, NodeError> {
+        TokioRuntime::try_current().map_err(|e| NodeError::Runtime(e.to_string()))
+    }
 
-/// Default bound on establishing a connection: 5 s.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How to build a tokio [`Node`]. The default needs no configuration: a
-/// fresh ed25519 identity, loopback TCP and QUIC on ephemeral ports.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct NodeConfig {
-    /// The node's identity; `None` generates a fresh ed25519 key.
-    pub keypair: Option<Keypair>,
-    /// Where to listen. Default: `/ip4/127.0.0.1/tcp/0` and
-    /// `/ip4/127.0.0.1/udp/0/quic-v1`. Empty: dial-only node.
-    pub listen_addrs: Vec<Multiaddr>,
-    /// How long a connection with no streams stays open. Default 5 min.
-    pub idle_connection_timeout: Duration,
-    /// Bound on opening one stream (muxer wait plus protocol negotiation).
-    /// Default 5 s.
-    pub open_timeout: Duration,
-    /// Bound on establishing one connection (transport, security, muxer).
-    /// Default 5 s.
-    pub connect_timeout: Duration,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
+    /// Builds the swarm (TCP with nodelay + noise + yamux, and QUIC) and
+    /// starts the node. Listens on loopback TCP and QUIC unless the config
+    /// says otherwise.
+    async fn start_node(self, config: NodeConfig) -> Result<Node, NodeError> {
         let loopback = Multiaddr::empty().with(Protocol::Ip4(Ipv4Addr::LOCALHOST));
-        Self {
-            keypair: None,
-            listen_addrs: vec![
+        let listen = config.listen_addrs.clone().unwrap_or_else(|| {
+            vec![
                 loopback.clone().with(Protocol::Tcp(0)),
                 loopback.with(Protocol::Udp(0)).with(Protocol::QuicV1),
-            ],
-            idle_connection_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
-            open_timeout: DEFAULT_OPEN_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        }
-    }
-}
-
-impl NodeConfig {
-    /// Uses `keypair` as the node's identity.
-    pub fn with_keypair(mut self, keypair: Keypair) -> Self {
-        self.keypair = Some(keypair);
-        self
-    }
-
-    /// Listens on exactly `addrs` (replacing the defaults).
-    pub fn with_listen_addrs(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
-        self.listen_addrs = addrs.into_iter().collect();
-        self
-    }
-
-    /// Sets the idle connection timeout.
-    pub fn with_idle_connection_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_connection_timeout = timeout;
-        self
-    }
-
-    /// Sets the stream open timeout.
-    pub fn with_open_timeout(mut self, timeout: Duration) -> Self {
-        self.open_timeout = timeout;
-        self
-    }
-
-    /// Sets the connection establishment timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-}
-
-impl crate::node::Node<TokioRuntime> {
-    /// Builds the swarm (TCP with nodelay + noise + yamux, and QUIC) on the
-    /// current tokio runtime and starts the node (see [`Node::from_swarm`]).
-    pub async fn new(config: NodeConfig) -> Result<Self, NodeError> {
-        let runtime = TokioRuntime::try_current().map_err(|e| NodeError::Runtime(e.to_string()))?;
+            ]
+        });
         let keypair = config.keypair.unwrap_or_else(Keypair::generate_ed25519);
         let behaviour = StreamBehaviour::new().with_open_timeout(config.open_timeout);
         let idle = config.idle_connection_timeout;
@@ -188,6 +127,6 @@ impl crate::node::Node<TokioRuntime> {
             .with_swarm_config(|swarm| tune_swarm_config(swarm, idle))
             .with_connection_timeout(config.connect_timeout)
             .build();
-        Self::from_swarm(swarm, runtime, config.listen_addrs).await
+        Node::from_swarm(swarm, self, listen).await
     }
 }
