@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod check;
 pub mod client;
 pub mod compress;
 pub mod config;
