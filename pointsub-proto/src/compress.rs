@@ -67,16 +67,47 @@ pub fn compress(body: &[u8], threshold: usize) -> Option<Bytes> {
     if body.len() < threshold || body.is_empty() {
         return None;
     }
-    let mut compressor = CompressorOxide::new(create_comp_flags_from_zip_params(LEVEL, 0, 0));
+    compress_now(body)
+}
+
+thread_local! {
+    /// One compressor per thread, reset between bodies: building one costs
+    /// several allocations and hundreds of kilobytes of zeroing.
+    static COMPRESSOR: std::cell::RefCell<Option<Box<CompressorOxide>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The work of [`compress`], kept out of line so the cheap early returns
+/// above do not pay for this frame's large stack.
+#[inline(never)]
+fn compress_now(body: &[u8]) -> Option<Bytes> {
+    COMPRESSOR.with(|cell| {
+        // Re-entrancy cannot happen here, but never panic if it did.
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return compress_with(&mut new_compressor(), body);
+        };
+        let compressor = slot.get_or_insert_with(new_compressor);
+        compressor.reset();
+        compress_with(compressor, body)
+    })
+}
+
+fn new_compressor() -> Box<CompressorOxide> {
+    Box::new(CompressorOxide::new(create_comp_flags_from_zip_params(
+        LEVEL, 0, 0,
+    )))
+}
+
+fn compress_with(compressor: &mut CompressorOxide, body: &[u8]) -> Option<Bytes> {
     if body.len() > SAMPLE_ABOVE {
         let start = (body.len() - SAMPLE_LEN) / 2;
         let sample = &body[start..start + SAMPLE_LEN];
         // Anything at or above 90 % of the sample counts as "does not shrink".
         let budget = SAMPLE_LEN * 9 / 10;
-        deflate_bounded(&mut compressor, sample, budget)?;
+        deflate_bounded(compressor, sample, budget)?;
         compressor.reset();
     }
-    deflate_bounded(&mut compressor, body, body.len() - 1).map(Bytes::from)
+    deflate_bounded(compressor, body, body.len() - 1).map(Bytes::from)
 }
 
 /// Deflates `input` into at most `max_out` bytes; `None` if it does not fit.

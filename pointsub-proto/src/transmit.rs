@@ -6,8 +6,9 @@ use crate::frame::{Flags, FrameKind, OutQueue};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 
-/// Most bytes one [`Transmit`] carries.
-pub const MAX_TRANSMIT: usize = 128 * 1024;
+/// Most bytes one [`Transmit`] carries: two full chunks with their headers,
+/// so a large body goes out in 128 KiB writes with no half-empty buffers.
+pub const MAX_TRANSMIT: usize = 2 * (crate::frame::CHUNK_SIZE + crate::frame::HEADER_LEN);
 /// Most bytes handed out on one stream and not yet reported flushed.
 pub const STREAM_WINDOW: usize = 256 * 1024;
 
