@@ -49,4 +49,4 @@ pub use ids::{PeerKey, Protocol, RequestId, StreamId};
 pub use metrics::{ClientMetrics, ConnectionInfo, ServerMetrics};
 pub use server::{Server, ServerEvent};
 pub use time::Instant;
-pub use transmit::{MAX_TRANSMIT, STREAM_WINDOW, Transmit};
+pub use transmit::{MAX_TRANSMIT, READ_PAUSE_BACKLOG, STREAM_WINDOW, Transmit};

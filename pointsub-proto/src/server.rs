@@ -178,6 +178,18 @@ impl Server {
         self.limit_range
     }
 
+    /// Whether the adapter should read more from `stream` now: false while
+    /// more than [`READ_PAUSE_BACKLOG`](crate::READ_PAUSE_BACKLOG) bytes of
+    /// answers wait to go out on it (a peer sending requests without
+    /// reading the answers), true again once
+    /// [`handle_flushed`](Self::handle_flushed) has brought that down.
+    /// Unknown streams: true (reading finds out they are gone).
+    pub fn wants_data(&self, stream: StreamId) -> bool {
+        self.streams
+            .get(&stream)
+            .is_none_or(|s| s.tx.backlog() <= crate::READ_PAUSE_BACKLOG)
+    }
+
     /// Requests admitted and not answered yet.
     pub fn active(&self) -> usize {
         self.admission.active()

@@ -11,6 +11,11 @@ use std::collections::{BTreeMap, VecDeque};
 pub const MAX_TRANSMIT: usize = 2 * (crate::frame::CHUNK_SIZE + crate::frame::HEADER_LEN);
 /// Most bytes handed out on one stream and not yet reported flushed.
 pub const STREAM_WINDOW: usize = 256 * 1024;
+/// Bytes waiting to go out on a server stream (queued or not yet flushed)
+/// above which the adapter should stop reading it: a peer that sends
+/// requests but does not read the answers then stalls on its own stream
+/// (the muxer stops granting it window) instead of filling our memory.
+pub const READ_PAUSE_BACKLOG: usize = 2 * STREAM_WINDOW;
 
 /// Bytes to write on a stream, in order; report them flushed with the core's
 /// `handle_flushed` once written.
@@ -40,6 +45,12 @@ impl Outgoing {
             flushed: 0,
             in_ready: false,
         }
+    }
+
+    /// Bytes queued or handed out and not yet reported written.
+    pub(crate) fn backlog(&self) -> usize {
+        let unflushed = usize::try_from(self.emitted - self.flushed).unwrap_or(usize::MAX);
+        self.out.queued_bytes().saturating_add(unflushed)
     }
 
     /// Whether everything queued was handed out and reported written.

@@ -545,3 +545,29 @@ fn stream_ids_are_not_reused() {
     let b = r.inbound("a");
     assert_ne!(a, b);
 }
+
+#[test]
+fn a_peer_that_does_not_read_answers_is_not_read_either() {
+    let mut r = ServerRig::new(ServerConfig::default());
+    let st = r.inbound("a");
+    assert!(r.s.wants_data(st));
+    // Answers pile up: the adapter hands them out but the peer reads
+    // nothing, so nothing is reported flushed.
+    let big = noise(200 * 1024, 3);
+    for id in 1..=4 {
+        r.request(st, id, b"give");
+        r.s.respond(st, id, Ok(big.clone()), r.now);
+        while r.s.poll_transmit().is_some() {}
+    }
+    let _ = r.events();
+    assert!(
+        !r.s.wants_data(st),
+        "800 KiB of answers waiting: stop reading"
+    );
+    // Once the peer reads (the adapter's writes complete), reading resumes.
+    r.s.handle_flushed(st, 1024 * 1024, r.now);
+    while r.s.poll_transmit().is_some() {}
+    r.s.handle_flushed(st, 1024 * 1024, r.now);
+    assert!(r.s.wants_data(st));
+    assert!(r.s.wants_data(StreamId(999)), "unknown streams read on");
+}

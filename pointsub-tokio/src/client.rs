@@ -353,6 +353,11 @@ impl<R: Runtime> Engine for Shared<R> {
         lock(&self.state).plumbing.take_output(id, waker)
     }
 
+    fn wants_read(&self, _id: StreamId) -> bool {
+        // The client only reads answers to what it asked.
+        true
+    }
+
     fn on_data(&self, id: StreamId, data: &[u8]) {
         self.with_core(|state, now| state.core.handle_data(id, data, now));
     }

@@ -217,6 +217,10 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The next thing the stream's task should do (see [`Plumbing::take_output`]).
     fn take_output(&self, id: StreamId, waker: &Waker) -> Output;
 
+    /// Whether the core wants more bytes from the stream now (false while
+    /// its answers on it back up: the remote then stalls on its own writes).
+    fn wants_read(&self, id: StreamId) -> bool;
+
     /// Bytes arrived on a stream.
     fn on_data(&self, id: StreamId, data: &[u8]);
 
@@ -358,8 +362,9 @@ impl<E: Engine> Future for StreamTask<E> {
                 }
                 _ => {}
             }
-            // Reads.
-            if this.read_open {
+            // Reads, unless the core asks to wait until its answers drain
+            // (the writes above, woken by the muxer, make that progress).
+            if this.read_open && this.engine.wants_read(this.id) {
                 match Pin::new(&mut *stream).poll_read(cx, &mut this.buf) {
                     Poll::Ready(Ok(0)) => {
                         this.read_open = false;

@@ -387,6 +387,10 @@ impl<R: Runtime> Engine for Shared<R> {
         lock(&self.state).plumbing.take_output(id, waker)
     }
 
+    fn wants_read(&self, id: StreamId) -> bool {
+        lock(&self.state).core.wants_data(id)
+    }
+
     fn on_data(&self, id: StreamId, data: &[u8]) {
         self.with_core(|state, now| state.core.handle_data(id, data, now));
     }
