@@ -28,7 +28,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     server.start("/load/1", |_peer, body: Bytes| async move {
         Ok::<_, String>(body)
     })?;
-    let client = Client::new(&client_node, ClientConfig::default())?;
+    // POINTSUB_PER_STREAM overrides requests in flight per pooled stream.
+    let mut config = ClientConfig::default();
+    if let Some(n) = std::env::var("POINTSUB_PER_STREAM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config = config.with_max_inflight_per_stream(n);
+    }
+    let client = Client::new(&client_node, config)?;
     let peer = server_node.peer_id();
     // Incompressible, like most payloads that are large.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;

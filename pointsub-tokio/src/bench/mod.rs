@@ -1,0 +1,382 @@
+//! `pointsub bench`: pointsub beside its anchors, in one process.
+//!
+//! For each system in [`SYSTEMS`] (in turn, never at once) and each case of
+//! [`MATRIX`], fresh nodes are started, `in_flight` tasks run a closed loop
+//! (send one echo request, wait for its response, repeat) for a warm-up and
+//! then the measured window, and everything is shut down again.
+//!
+//! - QPS and MB/s count the requests that succeeded inside the window; MB/s
+//!   counts body bytes in both directions.
+//! - Latencies (mean, p50, p99) are those of the same requests.
+//! - Failures count every request of the case that failed, warm-up
+//!   included; a task whose request failed pauses [`FAILURE_PAUSE`] and goes
+//!   on. A request is cut at [`REQUEST_TIMEOUT`], or at the end of the
+//!   window plus [`GRACE`], whichever comes first, so a case cannot hang.
+//! - Peak RSS is the process's VmHWM, reset before each case when the
+//!   kernel allows it (`/proc/self/clear_refs`, after handing glibc's free
+//!   heap pages back), so it is per case; the CSV also has the RSS the case
+//!   started from.
+//!
+//! # Adding a system
+//!
+//! A system is a [`System`] entry (name, description, start function) in
+//! [`SYSTEMS`]; its start function brings up fresh nodes for one case and
+//! returns an [`Instance`] that sends requests and shuts down. The
+//! `pointsub-async-std` adapter cannot be added here: it depends on this
+//! crate, so this crate cannot depend on it. To bench it beside the others,
+//! move this module into a crate (or binary) that depends on both adapters
+//! and add a `pointsub-async-std` entry there.
+
+mod codec;
+mod pointsub;
+mod raw_tcp;
+mod report;
+mod request_response;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+use crate::BoxError;
+use report::Row;
+use stats::{Failure, Recorder};
+
+/// The small body: a typical pointsub message in the spec's benchmark.
+pub const SMALL: usize = 581;
+/// The large body.
+pub const LARGE: usize = 1 << 20;
+
+/// A case: one body size at one in-flight count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Case {
+    /// Bytes per request body (the response echoes it).
+    pub body: usize,
+    /// Requests in flight at once: the number of closed-loop tasks.
+    pub in_flight: usize,
+}
+
+const fn case(body: usize, in_flight: usize) -> Case {
+    Case { body, in_flight }
+}
+
+/// The full run, per system, in this order.
+pub const MATRIX: &[Case] = &[
+    case(SMALL, 1),
+    case(SMALL, 100),
+    case(SMALL, 1_000),
+    case(SMALL, 10_000),
+    case(LARGE, 1),
+    case(LARGE, 4),
+];
+
+/// The only case of `--quick`.
+pub const QUICK: Case = case(SMALL, 100);
+
+/// Largest body any system accepts (pointsub's default max block size).
+pub const MAX_BODY: usize = pointsub_tokio::proto::config::DEFAULT_MAX_BLOCK_SIZE;
+
+/// Each request is cut after this long.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Requests still in flight when the window ends get this long to finish.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// A task whose request failed waits this long before the next, so a
+/// system that fails at once is not spun on.
+pub const FAILURE_PAUSE: Duration = Duration::from_millis(10);
+
+/// Bound on a system's start and on its shutdown.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A system under test, as registered in [`SYSTEMS`].
+#[derive(Debug)]
+pub struct System {
+    /// Its name on the command line and in the table.
+    pub name: &'static str,
+    /// What exactly runs, for the output header.
+    pub describe: fn() -> String,
+    /// Brings up fresh nodes (or sockets) for `case`.
+    pub start: StartFn,
+}
+
+/// How a [`System`] brings up fresh nodes for a case.
+pub type StartFn = fn(Case) -> BoxFuture<'static, Result<Arc<dyn Instance>, BoxError>>;
+
+/// A running system, serving one case.
+pub trait Instance: Send + Sync {
+    /// Sends `body` as in-flight task `slot` (`0..in_flight`) and resolves to
+    /// the echoed body.
+    fn request(&self, slot: usize, body: Bytes) -> BoxFuture<'_, Result<Bytes, Failure>>;
+
+    /// Stops its nodes and tasks.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Every system, in the order they run.
+pub const SYSTEMS: &[System] = &[pointsub::SYSTEM, request_response::SYSTEM, raw_tcp::SYSTEM];
+
+/// `pointsub bench`: measures pointsub beside libp2p request-response and
+/// raw TCP, in this process, and writes the table as CSV and an SVG chart.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Only 581 B x 100 in flight, 2 s per system, ending with the line
+    /// `ratio vs-request-response <R>x vs-raw-tcp <R>x`. Writes the CSV and
+    /// SVG only when --csv / --svg are given.
+    #[arg(long)]
+    quick: bool,
+    /// Systems to run, comma-separated (default: all): pointsub-tokio,
+    /// request-response, raw-tcp.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    systems: Vec<String>,
+    /// Measured seconds per case (default 3, or 2 with --quick).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Warm-up seconds per case, not measured.
+    #[arg(long, value_name = "SECS", default_value_t = 0.5)]
+    warmup: f64,
+    /// Where to write the table as CSV [default: target/bench/pointsub-bench.csv].
+    #[arg(long, value_name = "PATH")]
+    csv: Option<PathBuf>,
+    /// Where to draw QPS against in-flight count, 581 B bodies
+    /// [default: target/bench/pointsub-bench.svg].
+    #[arg(long, value_name = "PATH")]
+    svg: Option<PathBuf>,
+}
+
+const DEFAULT_CSV: &str = "target/bench/pointsub-bench.csv";
+const DEFAULT_SVG: &str = "target/bench/pointsub-bench.svg";
+
+/// Runs the benchmark.
+pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
+    let systems = select_systems(&args.systems)?;
+    let duration = secs(
+        "--duration",
+        args.duration.unwrap_or(if args.quick { 2.0 } else { 3.0 }),
+    )?;
+    let warmup = secs("--warmup", args.warmup)?;
+    if duration.is_zero() {
+        return Err("--duration must be greater than zero".into());
+    }
+    let cases: &[Case] = if args.quick { &[QUICK] } else { MATRIX };
+    let (csv, svg) = if args.quick {
+        (args.csv, args.svg)
+    } else {
+        (
+            Some(args.csv.unwrap_or_else(|| DEFAULT_CSV.into())),
+            Some(args.svg.unwrap_or_else(|| DEFAULT_SVG.into())),
+        )
+    };
+
+    report::print_header(&systems, cases, warmup, duration);
+    let rss_resettable = report::reset_peak_rss();
+    let mut rows = Vec::new();
+    report::print_table_head();
+    for system in &systems {
+        for &case in cases {
+            report::reset_peak_rss();
+            let start_rss = report::rss_kib();
+            let mut row = run_case(system, case, warmup, duration).await;
+            row.start_rss_kib = start_rss;
+            report::print_row(&row);
+            rows.push(row);
+        }
+        let peak = rows
+            .iter()
+            .filter(|r: &&Row| r.system == system.name)
+            .filter_map(|r| r.peak_rss_kib)
+            .max();
+        println!(
+            "  peak RSS of {} (largest case): {}",
+            system.name,
+            report::fmt_rss(peak)
+        );
+    }
+    if !rss_resettable {
+        println!("(peak RSS could not be reset between cases: it is the process's peak so far)");
+    }
+
+    println!("load average at end: {}", report::load_average());
+    if let Some(path) = &csv {
+        report::write_csv(path, &rows)?;
+        println!("CSV: {}", path.display());
+    }
+    if let Some(path) = &svg {
+        report::write_svg(path, &rows)?;
+        println!("SVG: {}", path.display());
+    }
+    if args.quick {
+        println!("{}", report::ratio_line(&rows, QUICK));
+    }
+    Ok(())
+}
+
+/// The systems named by `--systems`, in registry order; all when empty.
+fn select_systems(names: &[String]) -> Result<Vec<&'static System>, BoxError> {
+    let known = || {
+        SYSTEMS
+            .iter()
+            .map(|s| s.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for name in names {
+        if !SYSTEMS.iter().any(|s| s.name == name) {
+            return Err(format!("unknown system {name:?}; known: {}", known()).into());
+        }
+    }
+    Ok(SYSTEMS
+        .iter()
+        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
+        .collect())
+}
+
+fn secs(flag: &str, s: f64) -> Result<Duration, BoxError> {
+    Duration::try_from_secs_f64(s).map_err(|e| format!("{flag} {s}: {e}").into())
+}
+
+/// A body that deflate cannot shrink, so compression (on by default in
+/// pointsub) cannot flatter the numbers.
+fn incompressible_body(len: usize) -> Bytes {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Runs one case of one system on fresh nodes.
+async fn run_case(system: &System, case: Case, warmup: Duration, duration: Duration) -> Row {
+    let mut row = Row::new(system.name, case, duration);
+    let instance = match tokio::time::timeout(SETUP_TIMEOUT, (system.start)(case)).await {
+        Ok(Ok(instance)) => instance,
+        Ok(Err(e)) => {
+            row.setup_error = Some(format!("start failed: {}", crate::chain(&*e)));
+            return row;
+        }
+        Err(_) => {
+            row.setup_error = Some(format!("start timed out after {SETUP_TIMEOUT:?}"));
+            return row;
+        }
+    };
+
+    let body = incompressible_body(case.body);
+    let t0 = Instant::now();
+    let window = (t0 + warmup, t0 + warmup + duration);
+    let hard_end = window.1 + GRACE;
+    let mut tasks = tokio::task::JoinSet::new();
+    for slot in 0..case.in_flight {
+        let (instance, body) = (instance.clone(), body.clone());
+        tasks.spawn(closed_loop(instance, slot, body, window, hard_end));
+    }
+    let mut all = Recorder::default();
+    let joined = tokio::time::timeout_at(hard_end + Duration::from_secs(2), async {
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(recorded) => all.merge(recorded),
+                Err(_) => all.failure("bench task panicked".into()),
+            }
+        }
+    })
+    .await;
+    if joined.is_err() {
+        let stuck = tasks.len() as u64;
+        tasks.abort_all();
+        for _ in 0..stuck {
+            all.failure("bench task stuck".into());
+        }
+    }
+    row.summary = all.summarize();
+    row.peak_rss_kib = report::peak_rss_kib();
+
+    if tokio::time::timeout(SETUP_TIMEOUT, instance.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "warning: {} did not shut down within {SETUP_TIMEOUT:?}",
+            system.name
+        );
+    }
+    row
+}
+
+/// One in-flight task: request, wait, record, repeat until the window ends.
+async fn closed_loop(
+    instance: Arc<dyn Instance>,
+    slot: usize,
+    body: Bytes,
+    (window_start, window_end): (Instant, Instant),
+    hard_end: Instant,
+) -> Recorder {
+    let mut rec = Recorder::default();
+    loop {
+        let sent = Instant::now();
+        if sent >= window_end {
+            break;
+        }
+        let deadline = (sent + REQUEST_TIMEOUT).min(hard_end);
+        let outcome =
+            match tokio::time::timeout_at(deadline, instance.request(slot, body.clone())).await {
+                Ok(Ok(reply)) if reply.len() == body.len() => Ok(()),
+                Ok(Ok(_)) => Err(Failure::from("wrong echo length")),
+                Ok(Err(kind)) => Err(kind),
+                Err(_) if deadline == hard_end => Err(Failure::from("unfinished at end of case")),
+                Err(_) => Err(Failure::from("bench timeout (30 s)")),
+            };
+        let done = Instant::now();
+        match outcome {
+            Ok(()) if done >= window_start && done <= window_end => rec.success(done - sent),
+            Ok(()) => {}
+            Err(kind) => {
+                rec.failure(kind);
+                tokio::time::sleep(FAILURE_PAUSE).await;
+            }
+        }
+    }
+    rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systems_are_selected_by_name_in_registry_order() {
+        let all = select_systems(&[]).unwrap();
+        assert_eq!(all.len(), SYSTEMS.len());
+        let some = select_systems(&["raw-tcp".into(), "pointsub-tokio".into()]).unwrap();
+        let names: Vec<_> = some.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["pointsub-tokio", "raw-tcp"]);
+        let err = select_systems(&["nope".into()]).unwrap_err().to_string();
+        assert!(err.contains("request-response"), "{err}");
+    }
+
+    #[test]
+    fn body_is_incompressible_and_deterministic() {
+        let a = incompressible_body(4096);
+        assert_eq!(a, incompressible_body(4096));
+        let distinct = a.iter().collect::<std::collections::BTreeSet<_>>().len();
+        assert!(distinct > 200, "{distinct} distinct byte values");
+    }
+
+    #[test]
+    fn matrix_has_the_issue_cases() {
+        assert!(MATRIX.contains(&QUICK));
+        for n in [1, 100, 1_000, 10_000] {
+            assert!(MATRIX.contains(&case(SMALL, n)));
+        }
+        assert!(MATRIX.contains(&case(LARGE, 1)));
+        assert!(MATRIX.contains(&case(LARGE, 4)));
+    }
+}
