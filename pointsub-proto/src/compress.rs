@@ -30,7 +30,7 @@ const LEVEL: i32 = 1;
 const SAMPLE_ABOVE: usize = 64 * 1024;
 
 /// Size of the probe taken from the middle of a large body.
-const SAMPLE_LEN: usize = 16 * 1024;
+const SAMPLE_LEN: usize = 4 * 1024;
 
 /// Initial output estimate for inflating, as a multiple of the input length.
 const INFLATE_GUESS_RATIO: usize = 4;
@@ -58,7 +58,7 @@ pub enum DecompressError {
 ///
 /// Returns `None`, meaning "send it uncompressed", when
 /// - `body.len() < threshold`;
-/// - the body is longer than 64 KiB and a 16 KiB sample from its middle does
+/// - the body is longer than 64 KiB and a 4 KiB sample from its middle does
 ///   not shrink below 90 % (so incompressible megabytes, such as media or
 ///   already compressed data, cost one small probe instead of a full pass);
 /// - the compressed form would not be strictly smaller than the body

@@ -732,15 +732,16 @@ impl Assembly {
     }
 
     /// Makes room in `body` for a chunk of `len` bytes (`payload_len + len`
-    /// is at most `max`): exact for the first chunk, then doubling, capped
-    /// at `max`.
+    /// is at most `max`): exact for the first chunk, then growing fourfold
+    /// (fewer reallocations and copies of a large body than doubling),
+    /// capped at `max`.
     fn reserve_chunk(&mut self, len: usize, max: usize) {
         let required = self.body.len() + len;
         if self.body.capacity() < required {
             let target = if self.body.capacity() == 0 {
                 required
             } else {
-                required.max((2 * self.body.capacity()).min(max))
+                required.max((4 * self.body.capacity()).min(max))
             };
             self.body.reserve_exact(target - self.body.len());
         }

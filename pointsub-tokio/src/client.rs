@@ -275,7 +275,8 @@ impl<R: Runtime> Shared<R> {
             }
         });
         if let (Some(io), Some(this)) = (io, self.this.upgrade()) {
-            let span = tracing::debug_span!("client_stream", %stream);
+            // Not a child of the request that opened it: it outlives it.
+            let span = tracing::debug_span!(parent: None, "client_stream", %stream);
             driver::spawn_stream(&this, stream, io, span);
         }
     }

@@ -342,7 +342,7 @@ impl<R: Runtime> Shared<R> {
         });
         match (admitted, self.this.upgrade()) {
             (Some(id), Some(this)) => {
-                let span = tracing::debug_span!("server_stream", stream = %id, %peer, %protocol);
+                let span = tracing::debug_span!(parent: None, "server_stream", stream = %id, %peer, %protocol);
                 driver::spawn_stream(&this, id, stream, span);
             }
             // Refused: dropping the stream resets it.
