@@ -2,7 +2,9 @@
 //!
 //! - `pointsub demo`: a server node and a client node in one process, an
 //!   echo round trip, then a burst with latency figures and the metrics.
-//! - `pointsub serve`: an echo server; prints its full addresses.
+//! - `pointsub serve`: an echo server; prints its full addresses. Options
+//!   slow its handler (`--delay-ms`) and fix its identity (`--key-seed`),
+//!   for crash and restart tests.
 //! - `pointsub send <ADDR>/p2p/<PEER> <TEXT>`: one request, reply on stdout.
 //! - `pointsub bench`: pointsub beside libp2p request-response and raw TCP,
 //!   in one process; a table, its CSV and an SVG chart (see [`bench`]).
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{ArgAction, Parser, Subcommand};
+use pointsub_tokio::libp2p::identity::Keypair;
 use pointsub_tokio::libp2p::multiaddr::Protocol;
 use pointsub_tokio::{
     Client, ClientConfig, ClientMetrics, Multiaddr, Node, NodeConfig, PeerId, Server, ServerConfig,
@@ -56,6 +59,8 @@ enum Command {
     Demo(DemoArgs),
     /// Serves an echo handler until interrupted. Prints each listen
     /// address, with its /p2p/<peer id> suffix, as `listening on <addr>`.
+    /// --delay-ms slows every answer; --key-seed keeps the peer id across
+    /// restarts.
     Serve(ServeArgs),
     /// Sends one request to a peer and prints the reply on stdout.
     Send(SendArgs),
@@ -98,6 +103,16 @@ struct ServeArgs {
     /// /ip4/127.0.0.1/udp/0/quic-v1. Default: /ip4/127.0.0.1/tcp/0.
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
+    /// Milliseconds the echo handler waits before answering each request
+    /// (to simulate a slow handler, or to kill the server mid-request).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    delay_ms: u64,
+    /// Derives the node's ed25519 identity from this seed (its 8 little-endian
+    /// bytes, zero-padded to 32), so a restarted server keeps its peer id.
+    /// For tests only: anyone knowing the seed has the key. Default: a fresh
+    /// random identity.
+    #[arg(long, value_name = "N")]
+    key_seed: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -328,10 +343,18 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     } else {
         args.listen
     };
-    let node = Node::new(NodeConfig::default().with_listen_addrs(listen)).await?;
+    let mut config = NodeConfig::default().with_listen_addrs(listen);
+    if let Some(seed) = args.key_seed {
+        config = config.with_keypair(seeded_keypair(seed)?);
+    }
+    let node = Node::new(config).await?;
     let server = Server::new(&node, ServerConfig::default())?;
-    server.start(&args.protocol, |peer, body: Bytes| async move {
+    let delay = Duration::from_millis(args.delay_ms);
+    server.start(&args.protocol, move |peer, body: Bytes| async move {
         tracing::info!(%peer, size = body.len(), "echo");
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         Ok::<_, String>(body)
     })?;
     {
@@ -346,6 +369,14 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     server.stop().await;
     node.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ed25519 identity `serve --key-seed seed` uses: the seed's
+/// little-endian bytes, zero-padded to 32, as the secret key.
+fn seeded_keypair(seed: u64) -> Result<Keypair, BoxError> {
+    let mut secret = [0u8; 32];
+    secret[..8].copy_from_slice(&seed.to_le_bytes());
+    Ok(Keypair::ed25519_from_bytes(secret)?)
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C / SIGINT). If the
