@@ -147,6 +147,21 @@ struct Stream<K> {
 }
 
 /// A grant made but not yet polled.
+/// A stream's place in its key's load index: (opening, in flight, id).
+type Slot = (bool, usize, StreamId);
+
+fn slot_of<K>(id: StreamId, s: &Stream<K>) -> Slot {
+    (s.state == State::Opening, s.in_flight, id)
+}
+
+/// Moves a stream within its key's load index.
+fn reindex<K: Ord>(by_key: &mut BTreeMap<K, BTreeSet<Slot>>, key: &K, before: Slot, after: Slot) {
+    if let Some(set) = by_key.get_mut(key) {
+        set.remove(&before);
+        set.insert(after);
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Unpolled<K> {
     grant: Grant,
@@ -161,7 +176,9 @@ pub struct StreamPool<K: Ord + Clone> {
     cfg: PoolConfig,
     next_id: u64,
     streams: BTreeMap<StreamId, Stream<K>>,
-    by_key: BTreeMap<K, BTreeSet<StreamId>>,
+    /// Each key's streams ordered by how a request picks one: open before
+    /// opening, then least loaded, then lowest id.
+    by_key: BTreeMap<K, BTreeSet<Slot>>,
     /// Idle streams, least recently used first.
     idle: BTreeSet<(Instant, StreamId)>,
     opening: usize,
@@ -243,9 +260,12 @@ impl<K: Ord + Clone> StreamPool<K> {
         if s.state != State::Opening {
             return;
         }
+        let before = slot_of(stream, s);
         s.state = State::Open;
+        let after = slot_of(stream, s);
         self.opening -= 1;
         let key = s.key.clone();
+        reindex(&mut self.by_key, &key, before, after);
         if s.in_flight == 0 {
             self.mark_idle(stream, now);
         }
@@ -263,9 +283,12 @@ impl<K: Ord + Clone> StreamPool<K> {
         if s.in_flight == 0 {
             return;
         }
+        let before = slot_of(stream, s);
         s.in_flight -= 1;
+        let after = slot_of(stream, s);
         self.in_flight -= 1;
         let key = s.key.clone();
+        reindex(&mut self.by_key, &key, before, after);
         if s.in_flight == 0 && s.state == State::Open {
             self.mark_idle(stream, now);
         }
@@ -400,13 +423,31 @@ impl<K: Ord + Clone> StreamPool<K> {
     /// one.
     fn best_slot(&self, key: &K) -> Option<(StreamId, State)> {
         let cap = self.cfg.max_inflight_per_stream;
-        self.by_key
-            .get(key)?
-            .iter()
-            .filter_map(|id| self.streams.get(id).map(|s| (*id, s)))
-            .filter(|(_, s)| s.in_flight < cap)
-            .min_by_key(|(id, s)| (s.state == State::Opening, s.in_flight, *id))
-            .map(|(id, s)| (id, s.state))
+        let set = self.by_key.get(key)?;
+        // The least-loaded open stream comes first; if it is full, so are
+        // all open ones, and the least-loaded opening one is next in line.
+        let open = set.first().filter(|s| !s.0 && s.1 < cap);
+        let pick = open.or_else(|| {
+            set.range((true, 0, StreamId(0))..)
+                .next()
+                .filter(|s| s.1 < cap)
+        });
+        let pick = pick.map(|&(opening, _, id)| {
+            let state = if opening { State::Opening } else { State::Open };
+            (id, state)
+        });
+        #[cfg(debug_assertions)]
+        {
+            // The index must agree with a scan of the streams.
+            let scan = set
+                .iter()
+                .filter_map(|&(_, _, id)| self.streams.get(&id).map(|s| (id, s)))
+                .filter(|(_, s)| s.in_flight < cap)
+                .min_by_key(|(id, s)| (s.state == State::Opening, s.in_flight, *id))
+                .map(|(id, s)| (id, s.state));
+            assert_eq!(pick, scan, "pool load index out of step");
+        }
+        pick
     }
 
     fn take_slot(&mut self, id: StreamId) {
@@ -415,8 +456,11 @@ impl<K: Ord + Clone> StreamPool<K> {
             return;
         };
         debug_assert!(s.in_flight < self.cfg.max_inflight_per_stream);
+        let before = slot_of(id, s);
         s.in_flight += 1;
+        let after = slot_of(id, s);
         self.in_flight += 1;
+        reindex(&mut self.by_key, &s.key, before, after);
         if let Some(since) = s.idle_since.take() {
             self.idle.remove(&(since, id));
         }
@@ -463,7 +507,10 @@ impl<K: Ord + Clone> StreamPool<K> {
                 idle_since: None,
             },
         );
-        self.by_key.entry(key.clone()).or_default().insert(id);
+        self.by_key
+            .entry(key.clone())
+            .or_default()
+            .insert((true, 1, id));
         self.opening += 1;
         self.in_flight += 1;
         id
@@ -483,7 +530,7 @@ impl<K: Ord + Clone> StreamPool<K> {
             }
         }
         if let Some(set) = self.by_key.get_mut(&s.key) {
-            set.remove(&id);
+            set.remove(&slot_of(id, &s));
             if set.is_empty() {
                 self.by_key.remove(&s.key);
             }
@@ -618,7 +665,11 @@ impl<K: Ord + Clone> StreamPool<K> {
             let mut idle = 0;
             for (id, s) in &self.streams {
                 assert!(s.in_flight <= cap, "stream {id} over its slot cap");
-                assert!(self.by_key.get(&s.key).is_some_and(|set| set.contains(id)));
+                assert!(
+                    self.by_key
+                        .get(&s.key)
+                        .is_some_and(|set| set.contains(&slot_of(*id, s)))
+                );
                 opening += usize::from(s.state == State::Opening);
                 in_flight += s.in_flight;
                 let should_idle = s.state == State::Open && s.in_flight == 0;
