@@ -9,8 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, Weak};
-use std::task::Waker;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,9 +22,9 @@ use pointsub_proto::{
 use tracing::Instrument;
 
 use crate::behaviour::OpenStreamError;
-use crate::driver::{self, Close, Engine, Output, Plumbing, TimerPoll, Wakers, lock};
+use crate::driver::{self, Close, Driver, Plumbing, Side, Wakers};
 use crate::node::Node;
-use crate::rt::{Clock, Runtime};
+use crate::rt::Runtime;
 use crate::server::ConnectionInfo;
 
 /// A response from [`Client::send_closest`]: the body and the node that
@@ -150,29 +149,30 @@ impl<R: Runtime> Drop for Handle<R> {
 
 type Waiter = oneshot::Sender<Result<pointsub_proto::Response, RequestError>>;
 
-struct State {
+/// The client core and the requests waiting for their outcome.
+pub(crate) struct State {
     core: pointsub_proto::Client,
     plumbing: Plumbing,
     waiters: HashMap<RequestId, Waiter>,
 }
 
 /// A stream the core asked for.
-struct OpenRequest {
+pub(crate) struct OpenRequest {
     stream: StreamId,
     peer: PeerKey,
     protocol: Protocol,
 }
 
-pub(crate) struct Shared<R: Runtime> {
-    node: Node<R>,
-    clock: Clock,
-    state: Mutex<State>,
-    this: Weak<Self>,
-}
+type Shared<R> = Driver<R, State>;
 
-impl State {
-    /// Moves the core's outputs to where they go.
-    fn drain(&mut self, wakers: &mut Wakers, opens: &mut Vec<OpenRequest>) {
+impl<R: Runtime> Side<R> for State {
+    type Work = OpenRequest;
+
+    fn plumbing(&mut self) -> &mut Plumbing {
+        &mut self.plumbing
+    }
+
+    fn drain(&mut self, _now: Instant, wakers: &mut Wakers, opens: &mut Vec<OpenRequest>) {
         while let Some(event) = self.core.poll_event() {
             match event {
                 ClientEvent::OpenStream {
@@ -209,37 +209,11 @@ impl State {
         }
         self.plumbing.rearm(self.core.poll_timeout(), wakers);
     }
-}
-
-impl<R: Runtime> Shared<R> {
-    fn now(&self) -> Instant {
-        self.clock.core_time(self.node.runtime().now())
-    }
-
-    /// Runs `f` on the core, then carries out what the core asked for.
-    fn with_core<T>(&self, f: impl FnOnce(&mut State, Instant) -> T) -> T {
-        let mut wakers = Wakers::default();
-        let mut opens = Vec::new();
-        let out = {
-            let mut state = lock(&self.state);
-            let now = self.now();
-            let out = f(&mut state, now);
-            state.drain(&mut wakers, &mut opens);
-            out
-        };
-        wakers.wake();
-        for open in opens {
-            self.open(open);
-        }
-        out
-    }
 
     /// Opens a stream the core asked for, in the background.
-    fn open(&self, req: OpenRequest) {
-        let Some(this) = self.this.upgrade() else {
-            return;
-        };
-        let node = self.node.clone();
+    fn run(driver: &Arc<Shared<R>>, req: OpenRequest) {
+        let this = driver.clone();
+        let node = driver.node.clone();
         let span = tracing::debug_span!("open", stream = %req.stream, protocol = %req.protocol);
         let task = async move {
             let target = peer_id(&req.peer)
@@ -252,35 +226,74 @@ impl<R: Runtime> Shared<R> {
                 }
                 (Err(e), _) | (_, Err(e)) => Err(e),
             };
-            this.opened(req.stream, result);
+            opened(&this, req.stream, result);
         };
-        self.node.runtime().spawn(Box::pin(task.instrument(span)));
+        driver.node.runtime().spawn(Box::pin(task.instrument(span)));
     }
 
-    /// An open the core asked for finished.
-    fn opened(&self, stream: StreamId, result: Result<libp2p::Stream, OpenFailure>) {
-        let io = self.with_core(|state, now| match result {
-            Ok(io) => {
-                if state.plumbing.stopped {
-                    return None;
-                }
-                state.plumbing.add_stream(stream);
-                state.core.handle_stream_opened(stream, now);
-                Some(io)
-            }
-            Err(failure) => {
-                tracing::debug!(%stream, ?failure, "open failed");
-                state.core.handle_open_failed(stream, failure, now);
-                None
-            }
-        });
-        if let (Some(io), Some(this)) = (io, self.this.upgrade()) {
-            // Not a child of the request that opened it: it outlives it.
-            let span = tracing::debug_span!(parent: None, "client_stream", %stream);
-            driver::spawn_stream(&this, stream, io, span);
+    fn wants_read(&self, _id: StreamId) -> bool {
+        // The client only reads answers to what it asked.
+        true
+    }
+
+    fn handle_data(&mut self, id: StreamId, data: &[u8], now: Instant) {
+        self.core.handle_data(id, data, now);
+    }
+
+    fn handle_flushed(&mut self, id: StreamId, n: usize, now: Instant) {
+        self.core.handle_flushed(id, n, now);
+    }
+
+    fn handle_end(&mut self, id: StreamId, reset: bool, now: Instant) -> bool {
+        if reset {
+            self.core.handle_stream_reset(id, now);
+        } else {
+            self.core.handle_stream_closed(id, now);
+        }
+        // The client never writes after the server ended the stream.
+        false
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if !self.plumbing.stopped {
+            self.core.handle_timeout(now);
         }
     }
+}
 
+/// An open the core asked for finished.
+fn opened<R: Runtime>(
+    driver: &Arc<Shared<R>>,
+    stream: StreamId,
+    result: Result<libp2p::Stream, OpenFailure>,
+) {
+    let io = driver.with_core(|state, now| match result {
+        Ok(io) => {
+            if state.plumbing.stopped {
+                return None;
+            }
+            state.plumbing.add_stream(stream);
+            state.core.handle_stream_opened(stream, now);
+            Some(io)
+        }
+        Err(failure) => {
+            tracing::debug!(%stream, ?failure, "open failed");
+            state.core.handle_open_failed(stream, failure, now);
+            None
+        }
+    });
+    if let Some(io) = io {
+        // Not a child of the request that opened it: it outlives it.
+        let span = tracing::debug_span!(parent: None, "client_stream", %stream);
+        driver::spawn_stream(driver, stream, io, span);
+    }
+}
+
+impl<R: Runtime> Shared<R> {
     fn close(&self) {
         self.with_core(|state, now| {
             state.core.close(now);
@@ -288,7 +301,7 @@ impl<R: Runtime> Shared<R> {
             // errors before the tasks stop.
             let mut wakers = Wakers::default();
             let mut opens = Vec::new();
-            state.drain(&mut wakers, &mut opens);
+            Side::<R>::drain(state, now, &mut wakers, &mut opens);
             state.plumbing.stop_all(&mut wakers);
             wakers.wake();
         });
@@ -343,80 +356,18 @@ fn open_failure(e: OpenStreamError) -> OpenFailure {
     }
 }
 
-impl<R: Runtime> Engine for Shared<R> {
-    type Rt = R;
-
-    fn runtime(&self) -> &R {
-        self.node.runtime()
-    }
-
-    fn take_output(&self, id: StreamId, waker: &Waker) -> Output {
-        lock(&self.state).plumbing.take_output(id, waker)
-    }
-
-    fn wants_read(&self, _id: StreamId) -> bool {
-        // The client only reads answers to what it asked.
-        true
-    }
-
-    fn on_data(&self, id: StreamId, data: &[u8]) {
-        self.with_core(|state, now| state.core.handle_data(id, data, now));
-    }
-
-    fn on_flushed(&self, id: StreamId, n: usize) {
-        self.with_core(|state, now| state.core.handle_flushed(id, n, now));
-    }
-
-    fn on_end(&self, id: StreamId, reset: bool) -> bool {
-        self.with_core(|state, now| {
-            if reset {
-                state.core.handle_stream_reset(id, now);
-            } else {
-                state.core.handle_stream_closed(id, now);
-            }
-        });
-        false
-    }
-
-    fn on_finished(&self, id: StreamId) {
-        lock(&self.state).plumbing.remove(id);
-    }
-
-    fn on_timer(&self, waker: &Waker) -> TimerPoll {
-        let next = self.with_core(|state, now| {
-            if state.plumbing.stopped {
-                return None;
-            }
-            if state.core.poll_timeout().is_some_and(|t| t <= now) {
-                state.core.handle_timeout(now);
-            }
-            Some(())
-        });
-        let mut state = lock(&self.state);
-        if next.is_none() || state.plumbing.stopped {
-            return TimerPoll::Stop;
-        }
-        let next = state.core.poll_timeout();
-        state.plumbing.arm(next, waker);
-        TimerPoll::Sleep(next.map(|t| self.clock.runtime_time(t)))
-    }
-}
-
 impl<R: Runtime> Client<R> {
     /// A client sending from `node`, with `config` (checked first).
     pub fn new(node: &Node<R>, config: ClientConfig) -> Result<Self, ConfigError> {
         let core = pointsub_proto::Client::new(peer_key(&node.peer_id()), config)?;
-        let shared = Arc::new_cyclic(|this| Shared {
-            node: node.clone(),
-            clock: Clock::new(node.runtime()),
-            state: Mutex::new(State {
+        let shared = Driver::start(
+            node,
+            State {
                 core,
                 plumbing: Plumbing::default(),
                 waiters: HashMap::new(),
-            }),
-            this: this.clone(),
-        });
-        driver::spawn_timer(&shared);
+            },
+        );
         Ok(Self {
             handle: Arc::new(Handle { shared }),
         })
@@ -469,7 +420,7 @@ impl<R: Runtime> Client<R> {
         let protocol = protocol_name(protocol)?;
         let shared = self.shared();
         let span = tracing::debug_span!("send", %peer, %protocol, size = body.len());
-        let deadline = timeout.map(|t| shared.clock.after(shared.runtime(), t));
+        let deadline = timeout.map(|t| shared.clock.after(shared.node.runtime(), t));
         let opts = match deadline {
             Some(d) => pointsub_proto::SendOptions::default().with_deadline(d),
             None => pointsub_proto::SendOptions::default(),
@@ -513,7 +464,7 @@ impl<R: Runtime> Client<R> {
             opts = opts.with_routing_key(key);
         }
         if let Some(t) = options.timeout {
-            opts = opts.with_deadline(shared.clock.after(shared.runtime(), t));
+            opts = opts.with_deadline(shared.clock.after(shared.node.runtime(), t));
         }
         let response = shared
             .request(move |core, now| core.send_closest(protocol, body, opts, now))
@@ -532,7 +483,7 @@ impl<R: Runtime> Client<R> {
     /// refuses this client's own node.
     pub fn add_server_node(&self, protocol: &str, peer: PeerId) -> Result<bool, RequestError> {
         let protocol = protocol_name(protocol)?;
-        let mut state = lock(&self.shared().state);
+        let mut state = self.shared().lock();
         Ok(state.core.add_server_node(&protocol, peer_key(&peer))?)
     }
 
@@ -540,13 +491,13 @@ impl<R: Runtime> Client<R> {
     /// was not one.
     pub fn remove_server_node(&self, protocol: &str, peer: PeerId) -> Result<(), RequestError> {
         let protocol = protocol_name(protocol)?;
-        let mut state = lock(&self.shared().state);
+        let mut state = self.shared().lock();
         Ok(state.core.remove_server_node(&protocol, &peer_key(&peer))?)
     }
 
     /// The server nodes of `protocol`, in the order they were added.
     pub fn server_nodes(&self, protocol: &str) -> Vec<PeerId> {
-        let state = lock(&self.shared().state);
+        let state = self.shared().lock();
         state
             .core
             .server_nodes(&Protocol::from(protocol))
@@ -557,21 +508,22 @@ impl<R: Runtime> Client<R> {
 
     /// Forgets every server node of `protocol`.
     pub fn clear_server_nodes(&self, protocol: &str) {
-        lock(&self.shared().state)
+        self.shared()
+            .lock()
             .core
             .clear_server_nodes(&Protocol::from(protocol));
     }
 
     /// Counters: requests, outcomes, retries, bytes, streams opened.
     pub fn metrics(&self) -> ClientMetrics {
-        lock(&self.shared().state).core.metrics()
+        self.shared().lock().core.metrics()
     }
 
     /// The pooled streams open now, with their traffic.
     pub fn connections_info(&self) -> Vec<ConnectionInfo> {
         let shared = self.shared();
         let infos = {
-            let state = lock(&shared.state);
+            let state = shared.lock();
             state.core.connections(shared.now())
         };
         ConnectionInfo::from_core(&shared.node, infos)
@@ -586,6 +538,6 @@ impl<R: Runtime> Client<R> {
 
     /// Whether [`Client::close`] was called (or every clone dropped).
     pub fn is_closed(&self) -> bool {
-        lock(&self.shared().state).plumbing.stopped
+        self.shared().lock().plumbing.stopped
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant as StdInstant;
 
@@ -19,7 +19,8 @@ use futures::io::{AsyncRead, AsyncWrite};
 use libp2p::Stream;
 use pointsub_proto::{StreamId, Transmit};
 
-use crate::rt::{BoxSleep, Runtime};
+use crate::node::Node;
+use crate::rt::{BoxSleep, Clock, Runtime};
 
 /// Bytes read from a stream per read call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -443,5 +444,159 @@ impl<E: Engine> Future for TimerTask<E> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+/// One side (client or server) as the shared [`Driver`] sees it: its core
+/// and what the driver keeps beside it, all behind the driver's lock.
+pub(crate) trait Side<R: Runtime>: Send + Sized + 'static {
+    /// What a drain asks to be done once the lock is released.
+    type Work: Send;
+
+    /// The write queues and timer bookkeeping.
+    fn plumbing(&mut self) -> &mut Plumbing;
+
+    /// Moves the core's outputs to where they go (called after every call
+    /// into the core, under the lock).
+    fn drain(
+        &mut self,
+        now: pointsub_proto::Instant,
+        wakers: &mut Wakers,
+        work: &mut Vec<Self::Work>,
+    );
+
+    /// Carries out one piece of work, outside the lock (spawns a task).
+    fn run(driver: &Arc<Driver<R, Self>>, work: Self::Work);
+
+    /// See [`Engine::wants_read`].
+    fn wants_read(&self, id: StreamId) -> bool;
+
+    /// Bytes arrived on a stream.
+    fn handle_data(&mut self, id: StreamId, data: &[u8], now: pointsub_proto::Instant);
+
+    /// Bytes were handed to a stream.
+    fn handle_flushed(&mut self, id: StreamId, n: usize, now: pointsub_proto::Instant);
+
+    /// See [`Engine::on_end`].
+    fn handle_end(&mut self, id: StreamId, reset: bool, now: pointsub_proto::Instant) -> bool;
+
+    /// The core's next deadline.
+    fn poll_timeout(&self) -> Option<pointsub_proto::Instant>;
+
+    /// Runs the core's due timers.
+    fn handle_timeout(&mut self, now: pointsub_proto::Instant);
+
+    /// A stream's task ended.
+    fn stream_finished(&mut self, id: StreamId) {
+        self.plumbing().remove(id);
+    }
+}
+
+/// A core behind one lock, with its node, clock and tasks: what a
+/// [`Client`](crate::generic::Client) or [`Server`](crate::generic::Server)
+/// handle points to.
+pub(crate) struct Driver<R: Runtime, S> {
+    pub(crate) node: Node<R>,
+    pub(crate) clock: Clock,
+    pub(crate) state: Mutex<S>,
+    this: Weak<Self>,
+}
+
+impl<R: Runtime, S: Side<R>> Driver<R, S> {
+    /// Puts `state` behind a driver on `node` and starts its timer task.
+    pub(crate) fn start(node: &Node<R>, state: S) -> Arc<Self> {
+        let driver = Arc::new_cyclic(|this| Driver {
+            node: node.clone(),
+            clock: Clock::new(node.runtime()),
+            state: Mutex::new(state),
+            this: this.clone(),
+        });
+        spawn_timer(&driver);
+        driver
+    }
+
+    /// The core's time now.
+    pub(crate) fn now(&self) -> pointsub_proto::Instant {
+        self.clock.core_time(self.node.runtime().now())
+    }
+
+    /// The side's state, locked (for reads and calls that need no drain).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, S> {
+        lock(&self.state)
+    }
+
+    /// A strong handle, for tasks (none once the driver is being dropped).
+    pub(crate) fn handle(&self) -> Option<Arc<Self>> {
+        self.this.upgrade()
+    }
+
+    /// Runs `f` on the side's state, drains the core, then wakes the tasks
+    /// with work and carries out the rest after releasing the lock.
+    pub(crate) fn with_core<T>(&self, f: impl FnOnce(&mut S, pointsub_proto::Instant) -> T) -> T {
+        let mut wakers = Wakers::default();
+        let mut work = Vec::new();
+        let out = {
+            let mut state = lock(&self.state);
+            let now = self.now();
+            let out = f(&mut state, now);
+            state.drain(now, &mut wakers, &mut work);
+            out
+        };
+        wakers.wake();
+        if !work.is_empty()
+            && let Some(this) = self.handle()
+        {
+            for w in work {
+                S::run(&this, w);
+            }
+        }
+        out
+    }
+}
+
+impl<R: Runtime, S: Side<R>> Engine for Driver<R, S> {
+    type Rt = R;
+
+    fn runtime(&self) -> &R {
+        self.node.runtime()
+    }
+
+    fn take_output(&self, id: StreamId, waker: &Waker) -> Output {
+        lock(&self.state).plumbing().take_output(id, waker)
+    }
+
+    fn wants_read(&self, id: StreamId) -> bool {
+        lock(&self.state).wants_read(id)
+    }
+
+    fn on_data(&self, id: StreamId, data: &[u8]) {
+        self.with_core(|state, now| state.handle_data(id, data, now));
+    }
+
+    fn on_flushed(&self, id: StreamId, n: usize) {
+        self.with_core(|state, now| state.handle_flushed(id, n, now));
+    }
+
+    fn on_end(&self, id: StreamId, reset: bool) -> bool {
+        self.with_core(|state, now| state.handle_end(id, reset, now))
+    }
+
+    fn on_finished(&self, id: StreamId) {
+        lock(&self.state).stream_finished(id);
+    }
+
+    fn on_timer(&self, waker: &Waker) -> TimerPoll {
+        self.with_core(|state, now| {
+            if state.poll_timeout().is_some_and(|t| t <= now) {
+                state.handle_timeout(now);
+            }
+        });
+        let mut state = lock(&self.state);
+        if state.plumbing().stopped {
+            return TimerPoll::Stop;
+        }
+        let next = state.poll_timeout();
+        state.plumbing().arm(next, waker);
+        TimerPoll::Sleep(next.map(|t| self.clock.runtime_time(t)))
     }
 }

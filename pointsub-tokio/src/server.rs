@@ -11,8 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, Weak};
-use std::task::Waker;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,9 +25,9 @@ use pointsub_proto::{
 use tracing::Instrument;
 
 use crate::client::{peer_id, peer_key};
-use crate::driver::{self, Close, Engine, Output, Plumbing, TimerPoll, Wakers, lock};
+use crate::driver::{self, Close, Driver, Plumbing, Side, Wakers};
 use crate::node::Node;
-use crate::rt::{Clock, Runtime};
+use crate::rt::Runtime;
 
 /// Default grace period of [`Server::stop`]: in-flight requests get this
 /// long to finish (30 s).
@@ -172,7 +171,8 @@ impl<R: Runtime> Drop for Handle<R> {
     }
 }
 
-struct State {
+/// The server core, the handlers and the stop bookkeeping.
+pub(crate) struct State {
     core: pointsub_proto::Server,
     plumbing: Plumbing,
     handlers: HashMap<Protocol, Handler>,
@@ -185,7 +185,7 @@ struct State {
 }
 
 /// A request admitted by the core, for a handler task.
-struct Job {
+pub(crate) struct Job {
     stream: StreamId,
     request_id: u64,
     peer: PeerId,
@@ -194,15 +194,10 @@ struct Job {
     handler: Handler,
 }
 
-pub(crate) struct Shared<R: Runtime> {
-    node: Node<R>,
-    clock: Clock,
-    state: Mutex<State>,
-    this: Weak<Self>,
-}
+type Shared<R> = Driver<R, State>;
 
 impl State {
-    fn drain(&mut self, now: Instant, wakers: &mut Wakers, jobs: &mut Vec<Job>) {
+    fn drain_into(&mut self, now: Instant, wakers: &mut Wakers, jobs: &mut Vec<Job>) {
         while let Some(event) = self.core.poll_event() {
             match event {
                 ServerEvent::Request {
@@ -266,34 +261,19 @@ impl State {
     }
 }
 
-impl<R: Runtime> Shared<R> {
-    fn now(&self) -> Instant {
-        self.clock.core_time(self.node.runtime().now())
+impl<R: Runtime> Side<R> for State {
+    type Work = Job;
+
+    fn plumbing(&mut self) -> &mut Plumbing {
+        &mut self.plumbing
     }
 
-    /// Runs `f` on the core, then carries out what the core asked for.
-    fn with_core<T>(&self, f: impl FnOnce(&mut State, Instant) -> T) -> T {
-        let mut wakers = Wakers::default();
-        let mut jobs = Vec::new();
-        let out = {
-            let mut state = lock(&self.state);
-            let now = self.now();
-            let out = f(&mut state, now);
-            state.drain(now, &mut wakers, &mut jobs);
-            out
-        };
-        wakers.wake();
-        for job in jobs {
-            self.run(job);
-        }
-        out
+    fn drain(&mut self, now: Instant, wakers: &mut Wakers, jobs: &mut Vec<Job>) {
+        self.drain_into(now, wakers, jobs);
     }
 
     /// Runs a handler for one request and answers with its result.
-    fn run(&self, job: Job) {
-        let Some(this) = self.this.upgrade() else {
-            return;
-        };
+    fn run(driver: &Arc<Shared<R>>, job: Job) {
         let span = tracing::debug_span!(
             "handle",
             stream = %job.stream,
@@ -302,7 +282,7 @@ impl<R: Runtime> Shared<R> {
             protocol = %job.protocol,
         );
         let mut guard = RespondOnDrop {
-            shared: this,
+            shared: driver.clone(),
             stream: job.stream,
             request_id: job.request_id,
             armed: true,
@@ -320,9 +300,47 @@ impl<R: Runtime> Shared<R> {
                 .unwrap_or_else(|_| Err("handler panicked".to_owned()));
             guard.respond(result);
         };
-        self.node.runtime().spawn(Box::pin(task.instrument(span)));
+        driver.node.runtime().spawn(Box::pin(task.instrument(span)));
     }
 
+    fn wants_read(&self, id: StreamId) -> bool {
+        self.core.wants_data(id)
+    }
+
+    fn handle_data(&mut self, id: StreamId, data: &[u8], now: Instant) {
+        self.core.handle_data(id, data, now);
+    }
+
+    fn handle_flushed(&mut self, id: StreamId, n: usize, now: Instant) {
+        self.core.handle_flushed(id, n, now);
+    }
+
+    fn handle_end(&mut self, id: StreamId, reset: bool, now: Instant) -> bool {
+        if reset {
+            self.core.handle_stream_reset(id, now);
+        } else {
+            // The core may still answer what it read; it closes the stream
+            // when done.
+            self.core.handle_stream_closed(id, now);
+        }
+        !reset
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.core.handle_timeout(now);
+    }
+
+    fn stream_finished(&mut self, id: StreamId) {
+        self.plumbing.remove(id);
+        self.release_stop_waiters();
+    }
+}
+
+impl<R: Runtime> Shared<R> {
     /// A peer opened a stream for one of our protocols.
     fn inbound(&self, peer: PeerId, protocol: Protocol, stream: libp2p::Stream) {
         let admitted = self.with_core(|state, now| {
@@ -340,7 +358,7 @@ impl<R: Runtime> Shared<R> {
                 }
             }
         });
-        match (admitted, self.this.upgrade()) {
+        match (admitted, self.handle()) {
             (Some(id), Some(this)) => {
                 let span = tracing::debug_span!(parent: None, "server_stream", stream = %id, %peer, %protocol);
                 driver::spawn_stream(&this, id, stream, span);
@@ -376,83 +394,22 @@ impl<R: Runtime> Drop for RespondOnDrop<R> {
     }
 }
 
-impl<R: Runtime> Engine for Shared<R> {
-    type Rt = R;
-
-    fn runtime(&self) -> &R {
-        self.node.runtime()
-    }
-
-    fn take_output(&self, id: StreamId, waker: &Waker) -> Output {
-        lock(&self.state).plumbing.take_output(id, waker)
-    }
-
-    fn wants_read(&self, id: StreamId) -> bool {
-        lock(&self.state).core.wants_data(id)
-    }
-
-    fn on_data(&self, id: StreamId, data: &[u8]) {
-        self.with_core(|state, now| state.core.handle_data(id, data, now));
-    }
-
-    fn on_flushed(&self, id: StreamId, n: usize) {
-        self.with_core(|state, now| state.core.handle_flushed(id, n, now));
-    }
-
-    fn on_end(&self, id: StreamId, reset: bool) -> bool {
-        self.with_core(|state, now| {
-            if reset {
-                state.core.handle_stream_reset(id, now);
-            } else {
-                // The core may still answer what it read; it closes the
-                // stream when done.
-                state.core.handle_stream_closed(id, now);
-            }
-        });
-        !reset
-    }
-
-    fn on_finished(&self, id: StreamId) {
-        let mut state = lock(&self.state);
-        state.plumbing.remove(id);
-        state.release_stop_waiters();
-    }
-
-    fn on_timer(&self, waker: &Waker) -> TimerPoll {
-        self.with_core(|state, now| {
-            if state.core.poll_timeout().is_some_and(|t| t <= now) {
-                state.core.handle_timeout(now);
-            }
-        });
-        let mut state = lock(&self.state);
-        if state.plumbing.stopped {
-            return TimerPoll::Stop;
-        }
-        let next = state.core.poll_timeout();
-        state.plumbing.arm(next, waker);
-        TimerPoll::Sleep(next.map(|t| self.clock.runtime_time(t)))
-    }
-}
-
 impl<R: Runtime> Server<R> {
     /// A server on `node` with `config` (checked first). It serves
     /// nothing until [`Server::start`].
     pub fn new(node: &Node<R>, config: ServerConfig) -> Result<Self, ConfigError> {
         let core = pointsub_proto::Server::new(config)?;
-        let shared = Arc::new_cyclic(|this| Shared {
-            node: node.clone(),
-            clock: Clock::new(node.runtime()),
-            state: Mutex::new(State {
+        let shared = Driver::start(
+            node,
+            State {
                 core,
                 plumbing: Plumbing::default(),
                 handlers: HashMap::new(),
                 accept_stops: Vec::new(),
                 stop_waiters: Vec::new(),
                 stopped: false,
-            }),
-            this: this.clone(),
-        });
-        driver::spawn_timer(&shared);
+            },
+        );
         Ok(Self {
             handle: Arc::new(Handle { shared }),
         })
@@ -489,7 +446,7 @@ impl<R: Runtime> Server<R> {
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         {
-            let mut state = lock(&self.shared().state);
+            let mut state = self.shared().lock();
             if state.stopped {
                 return Err(StartError::Stopped);
             }
@@ -505,7 +462,7 @@ impl<R: Runtime> Server<R> {
         let mut incoming = match self.node().accept(stream_protocol) {
             Ok(incoming) => incoming,
             Err(_) => {
-                let mut state = lock(&self.shared().state);
+                let mut state = self.shared().lock();
                 state.core.unregister(&name);
                 state.handlers.remove(&name);
                 return Err(StartError::AlreadyRegistered(protocol.to_owned()));
@@ -538,7 +495,8 @@ impl<R: Runtime> Server<R> {
     /// `None` lifts the restriction.
     pub fn set_allow_list(&self, protocol: &str, peers: Option<Vec<PeerId>>) {
         let peers: Option<BTreeSet<_>> = peers.map(|p| p.iter().map(peer_key).collect());
-        lock(&self.shared().state)
+        self.shared()
+            .lock()
             .core
             .set_allow_list(Protocol::from(protocol), peers);
     }
@@ -563,19 +521,19 @@ impl<R: Runtime> Server<R> {
             state.stop_waiters.push(tx);
             state.core.shutdown(now + grace, now);
         });
-        let write_timeout = lock(&shared.state).core.config().write_timeout;
+        let write_timeout = shared.lock().core.config().write_timeout;
         let bound = shared.node.runtime().sleep(grace + write_timeout);
         let _ = futures::future::select(rx, bound).await;
     }
 
     /// Whether the server has stopped.
     pub fn is_stopped(&self) -> bool {
-        lock(&self.shared().state).stopped
+        self.shared().lock().stopped
     }
 
     /// Counters: requests, outcomes, "busy" refusals, bytes, streams.
     pub fn metrics(&self) -> ServerMetrics {
-        lock(&self.shared().state).core.metrics()
+        self.shared().lock().core.metrics()
     }
 
     /// The inbound streams open now: remote peer and address, last
@@ -583,7 +541,7 @@ impl<R: Runtime> Server<R> {
     pub fn connections_info(&self) -> Vec<ConnectionInfo> {
         let shared = self.shared();
         let infos = {
-            let state = lock(&shared.state);
+            let state = shared.lock();
             state.core.connections(shared.now())
         };
         ConnectionInfo::from_core(&shared.node, infos)
@@ -591,11 +549,11 @@ impl<R: Runtime> Server<R> {
 
     /// Requests being handled now.
     pub fn active(&self) -> usize {
-        lock(&self.shared().state).core.active()
+        self.shared().lock().core.active()
     }
 
     /// The current admission limit (moves with load).
     pub fn admission_limit(&self) -> usize {
-        lock(&self.shared().state).core.admission_limit()
+        self.shared().lock().core.admission_limit()
     }
 }
