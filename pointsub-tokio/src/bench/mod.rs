@@ -1,6 +1,6 @@
 //! `pointsub bench`: pointsub beside its anchors, in one process.
 //!
-//! For each system in [`SYSTEMS`] (in turn, never at once) and each case of
+//! For each system (in turn, never at once) and each case of
 //! [`MATRIX`], fresh nodes are started, `in_flight` tasks run a closed loop
 //! (send one echo request, wait for its response, repeat) for a warm-up and
 //! then the measured window, and everything is shut down again.
@@ -19,16 +19,27 @@
 //!
 //! # Adding a system
 //!
-//! A system is a [`System`] entry (name, description, start function) in
-//! [`SYSTEMS`]; its start function brings up fresh nodes for one case and
-//! returns an [`Instance`] that sends requests and shuts down. The
-//! `pointsub-async-std` adapter cannot be added here: it depends on this
-//! crate, so this crate cannot depend on it. To bench it beside the others,
-//! move this module into a crate (or binary) that depends on both adapters
-//! and add a `pointsub-async-std` entry there.
+//! A system is a [`System`] (name, description, start function); its start
+//! function brings up fresh nodes for one case and returns an [`Instance`]
+//! that sends requests and shuts down. The harness runs the systems it is
+//! given: [`run_with`]`(args, systems)` runs any list of them, in that
+//! order (`--systems` picks among them by name), and [`run`], the
+//! `pointsub bench` command, runs [`SYSTEMS`] (the ones this crate can
+//! build by itself). So a system is added either to [`SYSTEMS`], or by
+//! whatever target calls [`run_with`] with a longer list.
+//!
+//! That is how pointsub-async-std is benched: it depends on this crate, so
+//! this crate's binary cannot depend on it (Cargo rejects the cycle), but a
+//! bench target may, through a dev-dependency. `benches/compare.rs`
+//! includes this module by path, defines the crate-root items it uses
+//! (`crate::BoxError`, `crate::chain`), makes the `pointsub-async-std`
+//! system with [`pointsub::system`] (the pointsub system is generic over
+//! the node's runtime, a [`pointsub::Flavour`]) and calls [`run_with`] with
+//! all four: `cargo bench -p pointsub-tokio --bench compare -- --quick`
+//! takes the same options as `pointsub bench`.
 
 mod codec;
-mod pointsub;
+pub mod pointsub;
 mod raw_tcp;
 mod report;
 mod request_response;
@@ -43,7 +54,7 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::BoxError;
-use report::Row;
+pub use report::Row;
 use stats::{Failure, Recorder};
 
 /// The small body: a typical pointsub message in the spec's benchmark.
@@ -93,7 +104,8 @@ pub const FAILURE_PAUSE: Duration = Duration::from_millis(10);
 /// Bound on a system's start and on its shutdown.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A system under test, as registered in [`SYSTEMS`].
+/// A system under test: an entry of [`SYSTEMS`], or one that a caller of
+/// [`run_with`] adds.
 #[derive(Debug)]
 pub struct System {
     /// Its name on the command line and in the table.
@@ -117,8 +129,20 @@ pub trait Instance: Send + Sync {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
 
-/// Every system, in the order they run.
+/// Every system this crate builds by itself, in the order they run.
 pub const SYSTEMS: &[System] = &[pointsub::SYSTEM, request_response::SYSTEM, raw_tcp::SYSTEM];
+
+/// The name of the async-std adapter's system, which only
+/// `benches/compare.rs` can build (see [the module docs](self)).
+pub const ASYNC_STD: &str = "pointsub-async-std";
+
+/// Where the async-std adapter is benchmarked, and why not here: printed in
+/// the header when the systems given to [`run_with`] lack it.
+const ASYNC_STD_ELSEWHERE: &str = "pointsub-async-std: benchmarked by `cargo bench -p \
+     pointsub-tokio --bench compare` (same harness and options, all four systems in one \
+     process), not by this binary: pointsub-async-std depends on pointsub-tokio, so \
+     pointsub-tokio's binary cannot depend on it (Cargo rejects the cycle); a bench target can, \
+     through a dev-dependency.";
 
 /// `pointsub bench`: measures pointsub beside libp2p request-response and
 /// raw TCP, in this process, and writes the table as CSV and an SVG chart.
@@ -130,7 +154,8 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Systems to run, comma-separated (default: all): pointsub-tokio,
-    /// request-response, raw-tcp.
+    /// request-response, raw-tcp; pointsub-async-std too under
+    /// `cargo bench -p pointsub-tokio --bench compare`.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     systems: Vec<String>,
     /// Measured seconds per case (default 3, or 2 with --quick).
@@ -151,9 +176,21 @@ pub struct BenchArgs {
 const DEFAULT_CSV: &str = "target/bench/pointsub-bench.csv";
 const DEFAULT_SVG: &str = "target/bench/pointsub-bench.svg";
 
-/// Runs the benchmark.
+/// `pointsub bench`: runs the benchmark on [`SYSTEMS`].
+#[allow(
+    dead_code,
+    reason = "benches/compare.rs, which includes this module, calls run_with"
+)]
 pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
-    let systems = select_systems(&args.systems)?;
+    let systems: Vec<&System> = SYSTEMS.iter().collect();
+    run_with(args, &systems).await.map(drop)
+}
+
+/// Runs the benchmark on `systems` (those of them `--systems` names, in
+/// this order) and returns the table's rows.
+pub async fn run_with(args: BenchArgs, systems: &[&System]) -> Result<Vec<Row>, BoxError> {
+    let registry = systems;
+    let systems = select_systems(registry, &args.systems)?;
     let duration = secs(
         "--duration",
         args.duration.unwrap_or(if args.quick { 2.0 } else { 3.0 }),
@@ -172,7 +209,11 @@ pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
         )
     };
 
-    report::print_header(&systems, cases, warmup, duration);
+    let mut notes = Vec::new();
+    if !registry.iter().any(|s| s.name == ASYNC_STD) {
+        notes.push(ASYNC_STD_ELSEWHERE);
+    }
+    report::print_header(&systems, cases, warmup, duration, &notes);
     let rss_resettable = report::reset_peak_rss();
     let mut rows = Vec::new();
     report::print_table_head();
@@ -210,27 +251,37 @@ pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
         println!("SVG: {}", path.display());
     }
     if args.quick {
+        for system in &systems {
+            if system.name.starts_with("pointsub-") && system.name != report::RATIO_SYSTEM {
+                println!("{}", report::adapter_ratio_line(&rows, QUICK, system.name));
+            }
+        }
         println!("{}", report::ratio_line(&rows, QUICK));
     }
-    Ok(())
+    Ok(rows)
 }
 
-/// The systems named by `--systems`, in registry order; all when empty.
-fn select_systems(names: &[String]) -> Result<Vec<&'static System>, BoxError> {
+/// The systems of `registry` named by `--systems`, in registry order; all
+/// when `names` is empty.
+fn select_systems<'a>(
+    registry: &[&'a System],
+    names: &[String],
+) -> Result<Vec<&'a System>, BoxError> {
     let known = || {
-        SYSTEMS
+        registry
             .iter()
             .map(|s| s.name)
             .collect::<Vec<_>>()
             .join(", ")
     };
     for name in names {
-        if !SYSTEMS.iter().any(|s| s.name == name) {
+        if !registry.iter().any(|s| s.name == name) {
             return Err(format!("unknown system {name:?}; known: {}", known()).into());
         }
     }
-    Ok(SYSTEMS
+    Ok(registry
         .iter()
+        .copied()
         .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
         .collect())
 }
@@ -353,13 +404,25 @@ mod tests {
 
     #[test]
     fn systems_are_selected_by_name_in_registry_order() {
-        let all = select_systems(&[]).unwrap();
+        let registry: Vec<&System> = SYSTEMS.iter().collect();
+        let all = select_systems(&registry, &[]).unwrap();
         assert_eq!(all.len(), SYSTEMS.len());
-        let some = select_systems(&["raw-tcp".into(), "pointsub-tokio".into()]).unwrap();
+        let some = select_systems(&registry, &["raw-tcp".into(), "pointsub-tokio".into()]).unwrap();
         let names: Vec<_> = some.iter().map(|s| s.name).collect();
         assert_eq!(names, ["pointsub-tokio", "raw-tcp"]);
-        let err = select_systems(&["nope".into()]).unwrap_err().to_string();
+        let err = select_systems(&registry, &["nope".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("request-response"), "{err}");
+        // A caller's registry, in its own order.
+        let reordered = [&SYSTEMS[2], &SYSTEMS[0]];
+        let names: Vec<_> = select_systems(&reordered, &[])
+            .unwrap()
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["raw-tcp", "pointsub-tokio"]);
+        assert!(select_systems(&reordered, &["request-response".into()]).is_err());
     }
 
     #[test]

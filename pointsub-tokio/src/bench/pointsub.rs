@@ -1,28 +1,65 @@
-//! pointsub on tokio: a server node with an echo handler and a client node,
-//! over TCP (nodelay) + noise + yamux on loopback, one connection.
+//! pointsub: a server node with an echo handler and a client node, over TCP
+//! (nodelay) + noise + yamux on loopback, one connection.
+//!
+//! The same code benches every adapter: it is generic over the node's
+//! runtime ([`Flavour`], a [`NodeRuntime`] with a name), and [`system`]
+//! makes the registry entry of one. [`SYSTEM`] is pointsub-tokio's;
+//! `benches/compare.rs` adds pointsub-async-std's the same way.
+//!
+//! The nodes (their swarms, connection tasks, stream drivers and the echo
+//! handler) run on the flavour's runtime; the load generator's tasks, which
+//! await [`Client::send`](pointsub_tokio::generic::Client::send), stay on
+//! the harness's tokio runtime: the client's futures do not care which
+//! executor polls them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use pointsub_tokio::generic::{Client, Node, Server};
 use pointsub_tokio::node::MAX_STREAMS_PER_CONNECTION;
 use pointsub_tokio::{
-    Client, ClientConfig, Multiaddr, Node, NodeConfig, PeerId, Server, ServerConfig,
+    ClientConfig, Multiaddr, NodeConfig, NodeRuntime, PeerId, ServerConfig, TokioRuntime,
 };
 
 use super::stats::Failure;
-use super::{Case, Instance, System};
+use super::{Case, Instance, StartFn, System};
 use crate::BoxError;
 
 const PROTOCOL: &str = "/pointsub/bench-echo/1.0.0";
 
-/// The registry entry.
-pub const SYSTEM: System = System {
-    name: "pointsub-tokio",
-    describe,
-    start: |case| start(case).boxed(),
-};
+/// A pointsub adapter to bench: the runtime its nodes are built on
+/// (`Node::<Self>::new`), with the name and description of its system.
+pub trait Flavour: NodeRuntime {
+    /// The system's name on the command line and in the table.
+    const SYSTEM_NAME: &'static str;
+
+    /// The adapter's types and transport, for the output header.
+    fn api() -> &'static str;
+}
+
+impl Flavour for TokioRuntime {
+    const SYSTEM_NAME: &'static str = "pointsub-tokio";
+
+    fn api() -> &'static str {
+        "pointsub_tokio::{Node, Client, Server} (TokioRuntime: node tasks on the harness's tokio \
+         runtime), libp2p-tcp (tokio), nodelay"
+    }
+}
+
+/// The registry entry of pointsub on runtime `R`.
+pub const fn system<R: Flavour>() -> System {
+    System {
+        name: R::SYSTEM_NAME,
+        describe: describe::<R>,
+        start: start::<R> as StartFn,
+    }
+}
+
+/// pointsub-tokio's registry entry.
+pub const SYSTEM: System = system::<TokioRuntime>();
 
 /// Most pooled streams the client may hold: room below the yamux
 /// per-connection limit, which closes the connection when exceeded.
@@ -51,16 +88,17 @@ fn server_config() -> ServerConfig {
         .with_max_streams_per_peer(MAX_STREAMS_PER_CONNECTION)
 }
 
-fn describe() -> String {
+fn describe<R: Flavour>() -> String {
     let c = client_config(super::case(super::SMALL, 10_000));
     let s = server_config();
     format!(
-        "pointsub_tokio::{{Node, Client, Server}}, tcp nodelay + noise + yamux ({} streams/conn), \
-         echo handler.\n    client: ClientConfig::default() (compression on, {} in flight/stream, \
+        "{} + noise + yamux ({} streams/conn), echo handler; load generator on tokio.\n    \
+         client: ClientConfig::default() (compression on, {} in flight/stream, \
          pool timeout {:?}, {} retries), max_total_conns = max_idle_conns = \
          clamp(in_flight/{}, {}, {MAX_CLIENT_STREAMS}) ({} at 10,000 in flight).\n    \
          server: ServerConfig::default() with max_concurrent_conns {}, max_concurrent_limit {}, \
          max_per_peer {}, max_streams_per_peer {}.",
+        R::api(),
         MAX_STREAMS_PER_CONNECTION,
         c.max_inflight_per_stream,
         c.pool_timeout,
@@ -75,47 +113,50 @@ fn describe() -> String {
     )
 }
 
-struct Pointsub {
-    server_node: Node,
-    client_node: Node,
-    server: Server,
-    client: Client,
+struct Pointsub<R: Flavour> {
+    server_node: Node<R>,
+    client_node: Node<R>,
+    server: Server<R>,
+    client: Client<R>,
     server_peer: PeerId,
 }
 
-async fn start(case: Case) -> Result<Arc<dyn Instance>, BoxError> {
-    let tcp: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse()?;
-    let server_node = Node::new(NodeConfig::default().with_listen_addrs([tcp])).await?;
-    let client_node = Node::new(NodeConfig::default().with_listen_addrs([])).await?;
-    let server_peer = server_node.peer_id();
-    for addr in server_node.listen_addrs() {
-        client_node.add_address(server_peer, addr);
+fn start<R: Flavour>(case: Case) -> BoxFuture<'static, Result<Arc<dyn Instance>, BoxError>> {
+    async move {
+        let tcp: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse()?;
+        let server_node = Node::<R>::new(NodeConfig::default().with_listen_addrs([tcp])).await?;
+        let client_node = Node::<R>::new(NodeConfig::default().with_listen_addrs([])).await?;
+        let server_peer = server_node.peer_id();
+        for addr in server_node.listen_addrs() {
+            client_node.add_address(server_peer, addr);
+        }
+        let server = Server::new(&server_node, server_config())?;
+        server.start(PROTOCOL, |_peer, body: Bytes| async move {
+            Ok::<_, String>(body)
+        })?;
+        let client = Client::new(&client_node, client_config(case))?;
+        let instance = Pointsub {
+            server_node,
+            client_node,
+            server,
+            client,
+            server_peer,
+        };
+        // Connect before the clock starts.
+        if let Err(e) = instance
+            .client
+            .send(server_peer, PROTOCOL, Bytes::from_static(b"hello"))
+            .await
+        {
+            instance.shutdown().await;
+            return Err(format!("first request failed: {e}").into());
+        }
+        Ok(Arc::new(instance) as Arc<dyn Instance>)
     }
-    let server = Server::new(&server_node, server_config())?;
-    server.start(PROTOCOL, |_peer, body: Bytes| async move {
-        Ok::<_, String>(body)
-    })?;
-    let client = Client::new(&client_node, client_config(case))?;
-    let instance = Pointsub {
-        server_node,
-        client_node,
-        server,
-        client,
-        server_peer,
-    };
-    // Connect before the clock starts.
-    if let Err(e) = instance
-        .client
-        .send(server_peer, PROTOCOL, Bytes::from_static(b"hello"))
-        .await
-    {
-        instance.shutdown().await;
-        return Err(format!("first request failed: {e}").into());
-    }
-    Ok(Arc::new(instance))
+    .boxed()
 }
 
-impl Instance for Pointsub {
+impl<R: Flavour> Instance for Pointsub<R> {
     fn request(&self, _slot: usize, body: Bytes) -> BoxFuture<'_, Result<Bytes, Failure>> {
         async move {
             self.client
@@ -129,9 +170,7 @@ impl Instance for Pointsub {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         async move {
             self.client.close();
-            self.server
-                .stop_with_timeout(std::time::Duration::from_secs(1))
-                .await;
+            self.server.stop_with_timeout(Duration::from_secs(1)).await;
             self.client_node.shutdown();
             self.server_node.shutdown();
         }

@@ -53,8 +53,14 @@ impl Row {
     }
 }
 
-/// What runs, and how.
-pub fn print_header(systems: &[&System], cases: &[Case], warmup: Duration, duration: Duration) {
+/// What runs, and how; `notes` are printed after the systems.
+pub fn print_header(
+    systems: &[&System],
+    cases: &[Case],
+    warmup: Duration,
+    duration: Duration,
+    notes: &[&str],
+) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "pointsub bench: {} system(s) x {} case(s), loopback, {cpus} CPU(s), tokio multi-thread \
@@ -86,6 +92,9 @@ pub fn print_header(systems: &[&System], cases: &[Case], warmup: Duration, durat
     );
     for s in systems {
         println!("  {}: {}", s.name, (s.describe)());
+    }
+    for note in notes {
+        println!("  {note}");
     }
     println!();
 }
@@ -305,23 +314,45 @@ pub fn write_svg(path: &Path, rows: &[Row]) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `ratio vs-request-response <R>x vs-raw-tcp <R>x`: pointsub's QPS over
-/// each anchor's, for `case`; `n/a` for a system that did not run.
-pub fn ratio_line(rows: &[Row], case: Case) -> String {
+/// The system whose QPS [`ratio_line`] compares with the anchors'.
+pub const RATIO_SYSTEM: &str = "pointsub-tokio";
+
+/// `<system>'s QPS / <other>'s` for `case`, as `1.23x`; `n/a` when either
+/// did not run.
+fn ratio(rows: &[Row], case: Case, system: &str, other: &str) -> String {
     let qps = |name: &str| {
         rows.iter()
             .find(|r| r.system == name && r.case == case)
             .map(Row::qps)
     };
-    let ratio = |other: &str| match (qps("pointsub-tokio"), qps(other)) {
+    match (qps(system), qps(other)) {
         (Some(p), Some(o)) if o > 0.0 => format!("{:.2}x", p / o),
         (Some(_), Some(_)) => "infx".to_string(),
         _ => "n/a".to_string(),
-    };
+    }
+}
+
+/// `ratio vs-request-response <R>x vs-raw-tcp <R>x`: pointsub's
+/// ([`RATIO_SYSTEM`]) QPS over each anchor's, for `case`; `n/a` for a
+/// system that did not run.
+pub fn ratio_line(rows: &[Row], case: Case) -> String {
     format!(
         "ratio vs-request-response {} vs-raw-tcp {}",
-        ratio("request-response"),
-        ratio("raw-tcp")
+        ratio(rows, case, RATIO_SYSTEM, "request-response"),
+        ratio(rows, case, RATIO_SYSTEM, "raw-tcp")
+    )
+}
+
+/// The same ratios for another pointsub adapter, and its QPS over
+/// [`RATIO_SYSTEM`]'s: `<system>: vs-request-response <R>x vs-raw-tcp <R>x
+/// vs-pointsub-tokio <R>x`. It does not start with `ratio`, so the line
+/// [`ratio_line`] prints stays the only one that does.
+pub fn adapter_ratio_line(rows: &[Row], case: Case, system: &str) -> String {
+    format!(
+        "{system}: vs-request-response {} vs-raw-tcp {} vs-{RATIO_SYSTEM} {}",
+        ratio(rows, case, system, "request-response"),
+        ratio(rows, case, system, "raw-tcp"),
+        ratio(rows, case, system, RATIO_SYSTEM)
     )
 }
 
@@ -409,6 +440,25 @@ mod tests {
         assert_eq!(
             ratio_line(&rows[..1], QUICK),
             "ratio vs-request-response n/a vs-raw-tcp n/a"
+        );
+    }
+
+    #[test]
+    fn adapter_ratio_line_compares_with_the_anchors_and_tokio() {
+        let rows = [
+            row("pointsub-tokio", QUICK, 9_000),
+            row("pointsub-async-std", QUICK, 6_000),
+            row("request-response", QUICK, 3_000),
+            row("raw-tcp", QUICK, 12_000),
+        ];
+        assert_eq!(
+            adapter_ratio_line(&rows, QUICK, "pointsub-async-std"),
+            "pointsub-async-std: vs-request-response 2.00x vs-raw-tcp 0.50x \
+             vs-pointsub-tokio 0.67x"
+        );
+        assert_eq!(
+            ratio_line(&rows, QUICK),
+            "ratio vs-request-response 3.00x vs-raw-tcp 0.75x"
         );
     }
 
