@@ -12,6 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -273,6 +274,11 @@ impl<R: Runtime> Side<R> for State {
     }
 
     /// Runs a handler for one request and answers with its result.
+    ///
+    /// The handler's future is polled once right here: one that is ready
+    /// at once (an echo, a cache hit) is answered without a task or a
+    /// wake-up, and its answer joins the stream's writes in the same pass.
+    /// Only a handler that has to wait gets a task of its own.
     fn run(driver: &Arc<Shared<R>>, job: Job) {
         let span = tracing::debug_span!(
             "handle",
@@ -287,20 +293,35 @@ impl<R: Runtime> Side<R> for State {
             request_id: job.request_id,
             armed: true,
         };
-        let task = async move {
-            let Job {
-                peer,
-                body,
-                handler,
-                ..
-            } = job;
-            let result = AssertUnwindSafe(async move { handler(peer, body).await })
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Err("handler panicked".to_owned()));
-            guard.respond(result);
+        let Job {
+            peer,
+            body,
+            handler,
+            ..
+        } = job;
+        let mut answer =
+            Box::pin(AssertUnwindSafe(async move { handler(peer, body).await }).catch_unwind());
+        let first = {
+            let _entered = span.enter();
+            // A no-op waker is enough: if the handler is not ready, the
+            // task below polls it again at once with its own waker.
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            answer.as_mut().poll(&mut cx)
         };
-        driver.node.runtime().spawn(Box::pin(task.instrument(span)));
+        match first {
+            Poll::Ready(result) => {
+                guard.respond(result.unwrap_or_else(|_| Err("handler panicked".to_owned())));
+            }
+            Poll::Pending => {
+                let task = async move {
+                    let result = answer
+                        .await
+                        .unwrap_or_else(|_| Err("handler panicked".to_owned()));
+                    guard.respond(result);
+                };
+                driver.node.runtime().spawn(Box::pin(task.instrument(span)));
+            }
+        }
     }
 
     fn wants_read(&self, id: StreamId) -> bool {
