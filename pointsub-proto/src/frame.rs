@@ -1064,7 +1064,14 @@ pub struct OutQueue {
     /// Bytes of single-frame messages sent since the last chunk.
     singles_since_chunk: usize,
     seq: u64,
+    /// The payload of a large frame whose header [`OutQueue::poll`] just
+    /// returned alone: a slice of the body, returned by the next poll.
+    split: Option<(u64, Bytes)>,
 }
+
+/// Frames with a payload at least this large are returned as their header
+/// and then their payload, a slice of the body: no copy of large bodies.
+pub const ZERO_COPY_ABOVE: usize = 16 * 1024;
 
 enum Pick {
     Single(usize),
@@ -1100,19 +1107,77 @@ impl OutQueue {
 
     /// Encodes the next frames into one buffer of at most `max_bytes` (or
     /// one frame if that alone is larger). `None` when the queue is empty.
+    ///
+    /// A frame whose payload is at least [`ZERO_COPY_ABOVE`] bytes comes
+    /// out as two results: its 16-byte header, then its payload as a slice
+    /// of the queued body (no copy). Smaller frames are packed together.
     pub fn poll(&mut self, max_bytes: usize) -> Option<Bytes> {
+        if let Some((_, payload)) = self.split.take() {
+            self.queued_bytes -= payload.len();
+            return Some(payload);
+        }
         let first = self.pick()?;
+        if self.frame_len(&first) - HEADER_LEN >= ZERO_COPY_ABOVE {
+            return Some(self.emit_split(first));
+        }
         let cap = self.frame_len(&first).max(max_bytes).min(self.queued_bytes);
         let mut out = BytesMut::with_capacity(cap);
         let mut pick = Some(first);
         while let Some(p) = pick {
-            if !out.is_empty() && out.len() + self.frame_len(&p) > max_bytes {
+            let len = self.frame_len(&p);
+            if !out.is_empty()
+                && (out.len() + len > max_bytes || len - HEADER_LEN >= ZERO_COPY_ABOVE)
+            {
                 break;
             }
             self.emit(p, &mut out);
             pick = self.pick();
         }
         Some(out.freeze())
+    }
+
+    /// Takes the picked frame off the queue as its header (returned) and
+    /// its payload (kept in `split` for the next poll).
+    fn emit_split(&mut self, p: Pick) -> Bytes {
+        let (kind, flags, request_id, payload) = match p {
+            Pick::Single(i) => {
+                let q = self.singles.remove(i).expect("picked single");
+                self.singles_since_chunk = if self.multis.is_empty() {
+                    0
+                } else {
+                    self.singles_since_chunk + HEADER_LEN + q.body.len()
+                };
+                (q.kind, q.flags, q.request_id, q.body)
+            }
+            Pick::Chunk => {
+                let m = self.multis.front_mut().expect("picked chunk");
+                let end = m.sent + m.next_chunk_len();
+                let more = end < m.body.len();
+                let flags = if more {
+                    m.flags.with(Flags::MORE)
+                } else {
+                    m.flags
+                };
+                let payload = m.body.slice(m.sent..end);
+                let out = (m.kind, flags, m.request_id, payload);
+                m.sent = end;
+                if !more {
+                    self.multis.pop_front();
+                }
+                self.singles_since_chunk = 0;
+                out
+            }
+        };
+        let len = u32::try_from(payload.len()).expect("frame payload longer than u32::MAX");
+        let header = FrameHeader {
+            kind,
+            flags,
+            request_id,
+            len,
+        };
+        self.queued_bytes -= HEADER_LEN;
+        self.split = Some((request_id, payload));
+        Bytes::copy_from_slice(&header.to_bytes())
     }
 
     /// Drops the queued messages of `request_id` that have not started;
@@ -1137,15 +1202,17 @@ impl OutQueue {
     /// Whether any bytes of a message with this request id are still queued
     /// (`false` once its last frame has been returned by [`poll`](Self::poll)).
     pub fn contains(&self, request_id: u64) -> bool {
-        self.singles
-            .iter()
-            .chain(self.multis.iter())
-            .any(|q| q.request_id == request_id)
+        self.split.as_ref().is_some_and(|(id, _)| *id == request_id)
+            || self
+                .singles
+                .iter()
+                .chain(self.multis.iter())
+                .any(|q| q.request_id == request_id)
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.singles.is_empty() && self.multis.is_empty()
+        self.split.is_none() && self.singles.is_empty() && self.multis.is_empty()
     }
 
     /// Wire bytes (headers included) still to be produced by [`poll`](Self::poll).
@@ -1153,15 +1220,21 @@ impl OutQueue {
         self.queued_bytes
     }
 
-    /// Number of messages queued (a started one included).
+    /// Number of messages queued (a started one included; a message whose
+    /// last payload is still to come counts).
     pub fn len(&self) -> usize {
-        self.singles.len() + self.multis.len()
+        let tail = self.split.as_ref().is_some_and(|(id, _)| {
+            self.multis
+                .front()
+                .is_none_or(|m| m.request_id != *id || m.sent == 0)
+        });
+        self.singles.len() + self.multis.len() + usize::from(tail)
     }
 
     /// Whether a multi-chunk message is partly sent: the stream must not be
     /// closed or handed to another user before it is finished.
     pub fn mid_message(&self) -> bool {
-        self.multis.front().is_some_and(|m| m.sent > 0)
+        self.split.is_some() || self.multis.front().is_some_and(|m| m.sent > 0)
     }
 
     /// The first single-frame message not held behind an earlier large
@@ -1535,8 +1608,12 @@ mod tests {
     fn small_message_overtakes_large_one() {
         let mut q = OutQueue::new();
         q.push(FrameKind::Response, 1, Flags::empty(), pattern(1 << 20));
-        // The large message starts going out...
-        let first = q.poll(1).unwrap();
+        // The large message starts going out (its header, then its
+        // payload uncopied)...
+        let header = q.poll(1).unwrap();
+        assert_eq!(header.len(), HEADER_LEN);
+        let mut first = header.to_vec();
+        first.extend_from_slice(&q.poll(1).unwrap());
         assert_eq!(first.len(), HEADER_LEN + CHUNK_SIZE);
         // ...then a small one is queued: it goes before the 2nd chunk.
         q.push(
@@ -1671,6 +1748,9 @@ mod tests {
         assert!(!q.cancel(99));
         // Start message 1, then cancel it and 2.
         let mut wire = q.poll(1).unwrap().to_vec();
+        assert!(q.mid_message(), "its header is out");
+        assert!(q.contains(1));
+        wire.extend_from_slice(&q.poll(1).unwrap());
         assert!(q.mid_message());
         assert!(!q.cancel(1));
         assert!(q.cancel(2));
