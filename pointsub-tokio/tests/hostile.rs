@@ -276,6 +276,15 @@ impl Env {
     }
 
     /// Starts `workers` loops of well-behaved requests.
+    /// Starts watching a scenario with `workers` well-behaved request loops.
+    fn watch(&self, workers: usize) -> Watch {
+        Watch {
+            before: self.server.metrics(),
+            rss: RssWatch::start(),
+            load: self.good_load(workers),
+        }
+    }
+
     fn good_load(&self, workers: usize) -> GoodLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..workers)
@@ -304,6 +313,28 @@ impl Env {
 }
 
 /// The well-behaved client's requests running during an attack.
+/// What a scenario watches while the attack runs: the server's counters
+/// before it, the process's memory, and the well-behaved client's load.
+struct Watch {
+    before: ServerMetrics,
+    rss: RssWatch,
+    load: GoodLoad,
+}
+
+impl Watch {
+    /// Ends the scenario: the good load must have succeeded throughout, one
+    /// more good request must succeed, memory must have stayed bounded.
+    /// Returns the server's counters before the attack and right after it.
+    async fn end(self, env: &Env, name: &str, label: &str) -> (ServerMetrics, ServerMetrics) {
+        self.load.finish(name).await;
+        let after = env.server.metrics();
+        eprintln!("[hostile] {name}: {}", delta(&self.before, &after));
+        env.good_request(label).await;
+        self.rss.finish(name).await;
+        (self.before, after)
+    }
+}
+
 struct GoodLoad {
     stop: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<Result<(u64, Duration), String>>>,
@@ -567,9 +598,7 @@ async fn garbage_bytes_get_a_protocol_error_and_the_stream_closes() {
     let name = "1 garbage";
     scenario(name, async {
         let env = Env::new(ServerConfig::default(), Duration::ZERO).await;
-        let before = env.server.metrics();
-        let rss = RssWatch::start();
-        let load = env.good_load(2);
+        let watch = env.watch(2);
 
         let mut attack = env.attack_stream().await;
         let garbage = noise(0x5eed, 4096);
@@ -579,12 +608,8 @@ async fn garbage_bytes_get_a_protocol_error_and_the_stream_closes() {
         eprintln!("[hostile] {name}: write {wrote:?}; answer Protocol error {msg:?}; then {end:?}");
         assert!(env.attacker_streams_gone(Duration::from_secs(5)).await);
 
-        load.finish(name).await;
-        let after = env.server.metrics();
-        eprintln!("[hostile] {name}: {}", delta(&before, &after));
+        let (before, after) = watch.end(&env, name, "after garbage").await;
         assert_eq!(after.protocol_errors - before.protocol_errors, 1);
-        env.good_request("after garbage").await;
-        rss.finish(name).await;
     })
     .await;
 }
@@ -598,9 +623,7 @@ async fn truncated_frame_then_silence_is_cut_by_the_read_timeout() {
         let read_timeout = Duration::from_millis(500);
         let config = ServerConfig::default().with_read_timeout(read_timeout);
         let env = Env::new(config, Duration::ZERO).await;
-        let before = env.server.metrics();
-        let rss = RssWatch::start();
-        let load = env.good_load(2);
+        let watch = env.watch(2);
 
         let mut attack = env.attack_stream().await;
         let mut bytes = raw_header(1, 1, 0, 1, 1000).to_vec();
@@ -627,16 +650,12 @@ async fn truncated_frame_then_silence_is_cut_by_the_read_timeout() {
         );
         assert!(env.attacker_streams_gone(Duration::from_secs(5)).await);
 
-        load.finish(name).await;
-        let after = env.server.metrics();
-        eprintln!("[hostile] {name}: {}", delta(&before, &after));
+        let (before, after) = watch.end(&env, name, "after truncated").await;
         assert_eq!(after.protocol_errors, before.protocol_errors);
         assert_eq!(
             after.requests - before.requests,
             after.succeeded - before.succeeded
         );
-        env.good_request("after truncated").await;
-        rss.finish(name).await;
     })
     .await;
 }
@@ -648,9 +667,7 @@ async fn four_gib_length_prefix_is_refused_without_allocating() {
     let name = "3 4GiB length";
     scenario(name, async {
         let env = Env::new(ServerConfig::default(), Duration::ZERO).await;
-        let before = env.server.metrics();
-        let rss = RssWatch::start();
-        let load = env.good_load(2);
+        let watch = env.watch(2);
 
         let mut attack = env.attack_stream().await;
         attack
@@ -666,12 +683,8 @@ async fn four_gib_length_prefix_is_refused_without_allocating() {
         assert!(msg.contains("4294967295"), "{name}: {msg}");
         assert!(env.attacker_streams_gone(Duration::from_secs(5)).await);
 
-        load.finish(name).await;
-        let after = env.server.metrics();
-        eprintln!("[hostile] {name}: {}", delta(&before, &after));
+        let (before, after) = watch.end(&env, name, "after 4 GiB").await;
         assert_eq!(after.protocol_errors - before.protocol_errors, 1);
-        env.good_request("after 4 GiB").await;
-        rss.finish(name).await;
     })
     .await;
 }
@@ -701,9 +714,7 @@ async fn deflate_bomb_is_answered_oversize_with_bounded_memory() {
 
         let config = ServerConfig::default().with_max_block_size(limit);
         let env = Env::new(config, Duration::ZERO).await;
-        let before = env.server.metrics();
-        let rss = RssWatch::start();
-        let load = env.good_load(2);
+        let watch = env.watch(2);
 
         let mut attack = env.attack_stream().await;
         let flags = Flags::COMPRESSED.with(Flags::ACCEPT_DEFLATE);
@@ -734,13 +745,9 @@ async fn deflate_bomb_is_answered_oversize_with_bounded_memory() {
         let (frames, end) = attack.read_to_end(Duration::from_secs(10)).await;
         assert!(frames.is_empty() && end.closed(), "{frames:?} {end:?}");
 
-        load.finish(name).await;
-        let after = env.server.metrics();
-        eprintln!("[hostile] {name}: {}", delta(&before, &after));
+        let (before, after) = watch.end(&env, name, "after the bomb").await;
         assert_eq!(after.protocol_errors, before.protocol_errors);
         assert!(after.failed - before.failed >= 5);
-        env.good_request("after the bomb").await;
-        rss.finish(name).await;
     })
     .await;
 }
@@ -752,9 +759,7 @@ async fn wrong_version_gets_a_protocol_error() {
     let name = "5 wrong version";
     scenario(name, async {
         let env = Env::new(ServerConfig::default(), Duration::ZERO).await;
-        let before = env.server.metrics();
-        let rss = RssWatch::start();
-        let load = env.good_load(2);
+        let watch = env.watch(2);
 
         for version in [0u8, 2, 255] {
             let mut attack = env.attack_stream().await;
@@ -768,12 +773,8 @@ async fn wrong_version_gets_a_protocol_error() {
         }
         assert!(env.attacker_streams_gone(Duration::from_secs(5)).await);
 
-        load.finish(name).await;
-        let after = env.server.metrics();
-        eprintln!("[hostile] {name}: {}", delta(&before, &after));
+        let (before, after) = watch.end(&env, name, "after wrong versions").await;
         assert_eq!(after.protocol_errors - before.protocol_errors, 3);
-        env.good_request("after wrong versions").await;
-        rss.finish(name).await;
     })
     .await;
 }
@@ -787,9 +788,7 @@ async fn slowloris_is_cut_by_the_read_timeout() {
         let read_timeout = Duration::from_secs(1);
         let config = ServerConfig::default().with_read_timeout(read_timeout);
         let env = Env::new(config, Duration::ZERO).await;
-        let before = env.server.metrics();
-        let rss = RssWatch::start();
-        let load = env.good_load(2);
+        let watch = env.watch(2);
 
         let attack = env.attack_stream().await;
         let (read_half, mut write_half) = tokio::io::split(attack.into_conn());
@@ -827,12 +826,8 @@ async fn slowloris_is_cut_by_the_read_timeout() {
         );
         assert!(env.attacker_streams_gone(Duration::from_secs(5)).await);
 
-        load.finish(name).await;
-        let after = env.server.metrics();
-        eprintln!("[hostile] {name}: {}", delta(&before, &after));
+        let (before, after) = watch.end(&env, name, "after slowloris").await;
         assert_eq!(after.protocol_errors, before.protocol_errors);
-        env.good_request("after slowloris").await;
-        rss.finish(name).await;
     })
     .await;
 }
@@ -860,9 +855,7 @@ async fn request_flood_is_shed_with_busy_and_others_are_served() {
             .with_max_concurrent_limit(200)
             .with_max_per_peer(50);
         let env = Env::new(config, Duration::from_millis(1)).await;
-        let before = env.server.metrics();
-        let rss = RssWatch::start();
-        let load = env.good_load(2);
+        let watch = env.watch(2);
 
         // The most requests the server handles at once during the flood.
         let stop_sampling = Arc::new(AtomicBool::new(false));
@@ -968,9 +961,7 @@ async fn request_flood_is_shed_with_busy_and_others_are_served() {
         // The attacker's 50, plus the good client's (2 workers).
         assert!(most_active <= 50 + 2, "{name}: {most_active} active");
 
-        load.finish(name).await;
-        let after = env.server.metrics();
-        eprintln!("[hostile] {name}: {}", delta(&before, &after));
+        let (before, after) = watch.end(&env, name, "after the flood").await;
         assert!(total.responses > 0 && total.busy > 0);
         // Every Busy went to the attacker: the good client never got one.
         assert_eq!(
@@ -979,8 +970,6 @@ async fn request_flood_is_shed_with_busy_and_others_are_served() {
         );
         assert_eq!(after.protocol_errors, before.protocol_errors);
         assert!(env.attacker_streams_gone(Duration::from_secs(10)).await);
-        env.good_request("after the flood").await;
-        rss.finish(name).await;
     })
     .await;
 }
@@ -995,9 +984,7 @@ async fn idle_stream_flood_is_capped_per_peer_and_drains() {
         let cap = 256;
         let config = ServerConfig::default().with_max_streams_per_peer(cap);
         let env = Env::new(config, Duration::ZERO).await;
-        let before = env.server.metrics();
-        let rss = RssWatch::start();
-        let load = env.good_load(2);
+        let watch = env.watch(2);
 
         let attacker = env.attacker.peer_id();
         let mut held = Vec::new();
@@ -1024,11 +1011,11 @@ async fn idle_stream_flood_is_capped_per_peer_and_drains() {
             "[hostile] {name}: {IDLE_STREAMS} opens in {took:?}: {} ok, failures {failures:?}; \
              server held at most {max_held_by_server} attacker streams; {}",
             held.len(),
-            delta(&before, &mid)
+            delta(&watch.before, &mid)
         );
         assert!(max_held_by_server <= cap, "{name}: {max_held_by_server} > {cap}");
         assert!(
-            mid.streams_refused - before.streams_refused > 0,
+            mid.streams_refused - watch.before.streams_refused > 0,
             "{name}: nothing refused"
         );
         env.good_request("during the idle streams").await;
@@ -1046,11 +1033,7 @@ async fn idle_stream_flood_is_capped_per_peer_and_drains() {
         assert!(drained, "{name}: attacker streams still held");
         assert!(left.iter().all(|c| c.peer == env.good_node.peer_id()));
 
-        load.finish(name).await;
-        let after = env.server.metrics();
-        eprintln!("[hostile] {name}: {}", delta(&before, &after));
-        env.good_request("after the idle streams").await;
-        rss.finish(name).await;
+        watch.end(&env, name, "after the idle streams").await;
     })
     .await;
 }
