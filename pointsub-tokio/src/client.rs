@@ -22,7 +22,7 @@ use pointsub_proto::{
 use tracing::Instrument;
 
 use crate::behaviour::OpenStreamError;
-use crate::driver::{self, Close, Driver, Plumbing, Side, Wakers};
+use crate::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
 use crate::node::Node;
 use crate::rt::Runtime;
 use crate::server::ConnectionInfo;
@@ -116,34 +116,16 @@ fn protocol_name(name: &str) -> Result<Protocol, RequestError> {
 /// Sends requests and collects their responses. Cheap to clone: clones
 /// share one core, one stream pool and one set of server nodes. Dropping
 /// the last clone closes the client.
+#[derive(Clone)]
 pub struct Client<R: Runtime> {
-    handle: Arc<Handle<R>>,
-}
-
-impl<R: Runtime> Clone for Client<R> {
-    fn clone(&self) -> Self {
-        Self {
-            handle: self.handle.clone(),
-        }
-    }
+    handle: Arc<UserHandle<R, State>>,
 }
 
 impl<R: Runtime> fmt::Debug for Client<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("local", &self.handle.shared.node.peer_id())
+            .field("local", &self.handle.driver.node.peer_id())
             .finish_non_exhaustive()
-    }
-}
-
-/// Owned by the user-facing clones only: the last one closes the client.
-struct Handle<R: Runtime> {
-    shared: Arc<Shared<R>>,
-}
-
-impl<R: Runtime> Drop for Handle<R> {
-    fn drop(&mut self) {
-        self.shared.close();
     }
 }
 
@@ -263,6 +245,10 @@ impl<R: Runtime> Side<R> for State {
             self.core.handle_timeout(now);
         }
     }
+
+    fn last_handle_dropped(driver: &Shared<R>) {
+        driver.close();
+    }
 }
 
 /// An open the core asked for finished.
@@ -369,12 +355,12 @@ impl<R: Runtime> Client<R> {
             },
         );
         Ok(Self {
-            handle: Arc::new(Handle { shared }),
+            handle: Arc::new(UserHandle { driver: shared }),
         })
     }
 
     fn shared(&self) -> &Shared<R> {
-        &self.handle.shared
+        &self.handle.driver
     }
 
     /// The node this client sends from.

@@ -490,6 +490,21 @@ pub(crate) trait Side<R: Runtime>: Send + Sized + 'static {
     fn stream_finished(&mut self, id: StreamId) {
         self.plumbing().remove(id);
     }
+
+    /// The last user handle is gone: close (client) or stop (server).
+    fn last_handle_dropped(driver: &Driver<R, Self>);
+}
+
+/// What the user-facing clones share: dropping the last one tells the side
+/// (the tasks hold the [`Driver`] itself, not this).
+pub(crate) struct UserHandle<R: Runtime, S: Side<R>> {
+    pub(crate) driver: Arc<Driver<R, S>>,
+}
+
+impl<R: Runtime, S: Side<R>> Drop for UserHandle<R, S> {
+    fn drop(&mut self) {
+        S::last_handle_dropped(&self.driver);
+    }
 }
 
 /// A core behind one lock, with its node, clock and tasks: what a

@@ -26,7 +26,7 @@ use pointsub_proto::{
 use tracing::Instrument;
 
 use crate::client::{peer_id, peer_key};
-use crate::driver::{self, Close, Driver, Plumbing, Side, Wakers};
+use crate::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
 use crate::node::Node;
 use crate::rt::Runtime;
 
@@ -141,34 +141,16 @@ type Handler =
 
 /// Answers requests on a node. Cheap to clone; dropping the last clone
 /// stops it at once (without the grace period of [`Server::stop`]).
+#[derive(Clone)]
 pub struct Server<R: Runtime> {
-    handle: Arc<Handle<R>>,
-}
-
-impl<R: Runtime> Clone for Server<R> {
-    fn clone(&self) -> Self {
-        Self {
-            handle: self.handle.clone(),
-        }
-    }
+    handle: Arc<UserHandle<R, State>>,
 }
 
 impl<R: Runtime> fmt::Debug for Server<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("local", &self.handle.shared.node.peer_id())
+            .field("local", &self.handle.driver.node.peer_id())
             .finish_non_exhaustive()
-    }
-}
-
-struct Handle<R: Runtime> {
-    shared: Arc<Shared<R>>,
-}
-
-impl<R: Runtime> Drop for Handle<R> {
-    fn drop(&mut self) {
-        self.shared
-            .with_core(|state, now| state.core.shutdown(now, now));
     }
 }
 
@@ -359,6 +341,10 @@ impl<R: Runtime> Side<R> for State {
         self.plumbing.remove(id);
         self.release_stop_waiters();
     }
+
+    fn last_handle_dropped(driver: &Shared<R>) {
+        driver.with_core(|state, now| state.core.shutdown(now, now));
+    }
 }
 
 impl<R: Runtime> Shared<R> {
@@ -432,12 +418,12 @@ impl<R: Runtime> Server<R> {
             },
         );
         Ok(Self {
-            handle: Arc::new(Handle { shared }),
+            handle: Arc::new(UserHandle { driver: shared }),
         })
     }
 
     fn shared(&self) -> &Arc<Shared<R>> {
-        &self.handle.shared
+        &self.handle.driver
     }
 
     /// The node this server answers on.
