@@ -36,7 +36,6 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser};
 use pointsub_async_std::AsyncStdRuntime;
-use tracing_subscriber::EnvFilter;
 
 // `cargo test` and `cargo clippy --all-targets` build this target (no
 // libtest harness) with `--cfg test` but without `--test`: the harness's
@@ -47,8 +46,12 @@ use tracing_subscriber::EnvFilter;
 #[cfg_attr(test, allow(unused_imports, dead_code))]
 mod bench;
 
+#[path = "../src/cli_util.rs"]
+mod cli_util;
+
 use bench::pointsub::{Flavour, system};
 use bench::{BenchArgs, System};
+use cli_util::{chain, init_tracing};
 
 /// What the harness expects at its crate root (as in `src/main.rs`).
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -106,7 +109,7 @@ async fn main() -> ExitCode {
     } else {
         Cli::parse()
     };
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, "warn,libp2p_request_response=error");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."));
@@ -137,33 +140,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` or else by the `-v` count; as
-/// `pointsub bench` does, libp2p request-response's per-stream warnings
-/// are hidden unless asked for.
-fn init_tracing(verbose: u8) {
-    let level = match verbose {
-        0 => "warn,libp2p_request_response=error",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// An error with its sources, `outer: inner: …` (as in `src/main.rs`).
-fn chain(e: &(dyn Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

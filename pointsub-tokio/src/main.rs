@@ -21,15 +21,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{ArgAction, Parser, Subcommand};
+use cli_util::{chain, init_tracing};
 use pointsub_tokio::libp2p::identity::Keypair;
 use pointsub_tokio::libp2p::multiaddr::Protocol;
 use pointsub_tokio::{
     Client, ClientConfig, ClientMetrics, Multiaddr, Node, NodeConfig, PeerId, Server, ServerConfig,
     ServerMetrics,
 };
-use tracing_subscriber::EnvFilter;
 
 mod bench;
+mod cli_util;
 mod soak;
 
 /// The protocol `serve` and `send` use unless told otherwise.
@@ -156,22 +157,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` or else by the `-v` count
-/// (`quiet` without `-v`).
-fn init_tracing(verbose: u8, quiet: &str) {
-    let level = match verbose {
-        0 => quiet,
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// `pointsub demo`.
@@ -435,18 +420,6 @@ fn split_peer(mut addr: Multiaddr) -> Result<(Multiaddr, PeerId), BoxError> {
 /// `addr` with `/p2p/<peer>` appended (unless it already names a peer).
 fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
     addr.with_p2p(peer).unwrap_or_else(|addr| addr)
-}
-
-/// An error with its sources, `outer: inner: …`.
-fn chain(e: &(dyn Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The `p`th percentile (nearest rank) of sorted, non-empty `sorted`.
