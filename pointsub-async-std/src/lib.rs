@@ -44,6 +44,16 @@
 //! async-std or smol. Requests, streams and the wire format are the same,
 //! so nodes of both kinds can serve each other.
 //!
+//! # Inside your own libp2p application
+//!
+//! An application that already runs a libp2p swarm on async-std or smol
+//! puts a [`Behaviour`] in its own `#[derive(NetworkBehaviour)]` struct,
+//! builds its transport with [`build_transport`] (passing the behaviour's
+//! `control.yamux_config()`) and its swarm config with
+//! `control.swarm_config(..)`, keeps polling the swarm itself, and builds
+//! clients, servers and raw connections on `behaviour.host(AsyncStdRuntime::new())`,
+//! a [`Host`]. `examples/own_swarm.rs` does it under smol.
+//!
 //! # Layout
 //!
 //! This crate holds only what is specific to its runtime:
@@ -74,15 +84,23 @@ pub mod rt;
 pub mod transport;
 
 pub use pointsub_tokio::{
-    AlreadyRegistered, ClientConfig, ClientMetrics, ClosestOptions, ConfigError, ConnError,
-    Connect, ConnectionInfo, Control, DEFAULT_CONN_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    AlreadyRegistered, Behaviour, ClientConfig, ClientMetrics, Closed, ClosestOptions, ConfigError,
+    ConnError, Connect, ConnectionInfo, Control, DEFAULT_CONN_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_CONNECTION_TIMEOUT, DialError, HandlerError, IncomingStreams, Multiaddr,
-    NodeConfig, NodeError, NodeRuntime, OpenStream, OpenStreamError, PeerId, RequestError,
-    Response, Runtime, RuntimeExecutor, ServerConfig, ServerMetrics, StartError, Stream,
-    StreamBehaviour, StreamProtocol, libp2p, proto,
+    NOT_POLLED_TIMEOUT, NodeConfig, NodeError, NodeRuntime, OpenStream, OpenStreamError, PeerId,
+    RequestError, Response, Runtime, RuntimeExecutor, ServerConfig, ServerMetrics, StartError,
+    Stream, StreamLimits, StreamProtocol, libp2p, proto,
 };
 pub use rt::AsyncStdRuntime;
-pub use transport::{BuildError, TcpTransport, build_swarm};
+pub use transport::{BuildError, TcpTransport, build_swarm, build_transport};
+
+/// pointsub's handle on a swarm that runs its [`Behaviour`], with
+/// pointsub's tasks on async-std / smol: what [`Client`], [`Server`],
+/// [`Listener`] and [`Conn`] are built from. Every [`Node`] is one (`&node`);
+/// an application with a swarm of its own makes one with
+/// `behaviour.host(AsyncStdRuntime::new())` (see
+/// [`pointsub_tokio::host`] and `examples/own_swarm.rs`).
+pub type Host = pointsub_tokio::generic::Host<AsyncStdRuntime>;
 
 /// A running libp2p host on async-std / smol: identity, listen addresses,
 /// connections, raw streams ([`Node::listen`](pointsub_tokio::generic::Node::listen),

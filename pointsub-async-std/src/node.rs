@@ -11,12 +11,13 @@
 
 use std::net::Ipv4Addr;
 
+use libp2p::Swarm;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use pointsub_tokio::{Multiaddr, NodeConfig, NodeError, NodeRuntime, StreamBehaviour};
+use pointsub_tokio::{Behaviour, Multiaddr, NodeConfig, NodeError, NodeRuntime, RuntimeExecutor};
 
 use crate::rt::AsyncStdRuntime;
-use crate::transport::build_swarm;
+use crate::transport::{Config as TransportConfig, build_transport};
 
 use crate::Node;
 
@@ -40,15 +41,27 @@ impl NodeRuntime for AsyncStdRuntime {
             ]
         });
         let keypair = config.keypair.unwrap_or_else(Keypair::generate_ed25519);
-        let behaviour = StreamBehaviour::new().with_open_timeout(config.open_timeout);
-        let swarm = build_swarm(
-            keypair,
-            behaviour,
-            self.clone(),
-            config.idle_connection_timeout,
+        let behaviour =
+            Behaviour::new(keypair.public().to_peer_id()).with_open_timeout(config.open_timeout);
+        let control = behaviour.control();
+        let transport = build_transport(
+            &keypair,
+            TransportConfig::default(),
+            control.yamux_config(),
             config.connect_timeout,
         )
         .map_err(|e| NodeError::Transport(e.to_string()))?;
+        let swarm_config = control
+            .swarm_config(libp2p::swarm::Config::with_executor(RuntimeExecutor(
+                self.clone(),
+            )))
+            .with_idle_connection_timeout(config.idle_connection_timeout);
+        let swarm = Swarm::new(
+            transport,
+            behaviour,
+            keypair.public().to_peer_id(),
+            swarm_config,
+        );
         Node::from_swarm(swarm, self, listen).await
     }
 }

@@ -602,17 +602,23 @@ pub enum BuildError {
 
 /// The full connection stack on [`TcpTransport`] with `config`: multistream
 /// select (V1Lazy), noise authentication with `keypair`, yamux multiplexing
-/// with pointsub's stream limits ([`yamux_config`]), and `connect_timeout`
-/// on establishing each connection (dial or accept, TCP through yamux).
+/// with `yamux`, and `connect_timeout` on establishing each connection
+/// (dial or accept, TCP through yamux).
+///
+/// For a swarm that carries pointsub's behaviour, pass the behaviour's
+/// `control.yamux_config()` (pointsub's limit of 1,024 streams per
+/// connection, recorded for the start-up check); otherwise [`yamux_config`]
+/// or any yamux configuration.
 pub fn build_transport(
     keypair: &Keypair,
     config: Config,
+    yamux: libp2p::yamux::Config,
     connect_timeout: Duration,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, BuildError> {
     let upgraded = TcpTransport::new(config)
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(keypair)?)
-        .multiplex(yamux_config())
+        .multiplex(yamux)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     Ok(TransportTimeout::new(upgraded, connect_timeout).boxed())
 }
@@ -628,7 +634,7 @@ pub fn build_swarm<B: NetworkBehaviour + Send>(
     idle_connection_timeout: Duration,
     connect_timeout: Duration,
 ) -> Result<Swarm<B>, BuildError> {
-    let transport = build_transport(&keypair, Config::default(), connect_timeout)?;
+    let transport = build_transport(&keypair, Config::default(), yamux_config(), connect_timeout)?;
     let peer_id = keypair.public().to_peer_id();
     let config = libp2p::swarm::Config::with_executor(RuntimeExecutor(runtime));
     Ok(Swarm::new(

@@ -87,7 +87,7 @@ fn echo_handler(server: &Server, protocol: &str) -> Result<(), pointsub_async_st
 async fn echo() {
     let (server, client) = server_and_client(ServerConfig::default(), client_config()).await;
     echo_handler(&server, "/echo/1").expect("start");
-    let peer = server.node().peer_id();
+    let peer = server.host().peer_id();
     let reply = client
         .send(peer, "/echo/1", Bytes::from_static(b"hello"))
         .await
@@ -127,7 +127,7 @@ async fn three_protocols_on_one_server() {
             "/multi/a/1".into()
         ))
     );
-    let peer = server.node().peer_id();
+    let peer = server.host().peer_id();
     let replies = future::join_all(["a", "b", "c"].map(|name| {
         let client = client.clone();
         async move {
@@ -178,7 +178,7 @@ async fn oversize_both_ways() {
             Ok::<_, String>(Bytes::from(body.repeat(4)))
         })
         .expect("start");
-    let peer = server.node().peer_id();
+    let peer = server.host().peer_id();
     let err = client
         .send(peer, "/big/1", Bytes::from(vec![1u8; LIMIT + 1]))
         .await
@@ -210,7 +210,7 @@ async fn oversize_both_ways() {
     echo_handler(&server, "/echo/1").expect("start");
     let err = client
         .send(
-            server.node().peer_id(),
+            server.host().peer_id(),
             "/echo/1",
             Bytes::from(vec![4u8; 4 * LIMIT]),
         )
@@ -243,7 +243,7 @@ async fn handler_error_reaches_the_caller() {
         .expect("start");
     let err = client
         .send(
-            server.node().peer_id(),
+            server.host().peer_id(),
             "/fail/1",
             Bytes::from_static(b"abc"),
         )
@@ -251,7 +251,7 @@ async fn handler_error_reaches_the_caller() {
         .expect_err("handler fails");
     let expected = format!(
         "no thanks, {} (3 bytes)",
-        client.node().peer_id().to_base58().len()
+        client.host().peer_id().to_base58().len()
     );
     assert_eq!(err, RequestError::Handler(expected));
     assert!(!err.is_retryable());
@@ -279,7 +279,7 @@ async fn send_closest_fails_over_when_a_server_stops() {
     assert_eq!(client.server_nodes(PROTOCOL).len(), 3);
     assert!(
         !client
-            .add_server_node(PROTOCOL, servers[0].node().peer_id())
+            .add_server_node(PROTOCOL, servers[0].host().peer_id())
             .expect("add again")
     );
 
@@ -308,7 +308,7 @@ async fn send_closest_fails_over_when_a_server_stops() {
         .peer;
     let stopping = servers
         .iter()
-        .find(|s| s.node().peer_id() == closest)
+        .find(|s| s.host().peer_id() == closest)
         .expect("one of ours");
     stopping.stop().await;
     let after = client
@@ -337,8 +337,8 @@ async fn connection_info_after_traffic() {
     const REQUESTS: u64 = 5;
     let (server, client) = server_and_client(ServerConfig::default(), client_config()).await;
     echo_handler(&server, "/info/1").expect("start");
-    let server_peer = server.node().peer_id();
-    let client_peer = client.node().peer_id();
+    let server_peer = server.host().peer_id();
+    let client_peer = client.host().peer_id();
     for i in 0..REQUESTS {
         client
             .send(
@@ -382,7 +382,7 @@ async fn two_hundred_requests_in_flight() {
             Ok::<_, String>(body)
         })
         .expect("start");
-    let peer = server.node().peer_id();
+    let peer = server.host().peer_id();
     let replies = future::join_all((0..REQUESTS).map(|i| {
         let client = client.clone();
         async move {

@@ -1,5 +1,13 @@
-//! Raw libp2p streams by peer and protocol: [`StreamBehaviour`] and its
+//! Raw libp2p streams by peer and protocol: [`Behaviour`] and its
 //! [`Control`] handle.
+//!
+//! [`Behaviour`] is an ordinary libp2p [`NetworkBehaviour`]: a [`Node`]
+//! runs it in a swarm of its own, and an application with a swarm of its
+//! own puts it as one field of its `#[derive(NetworkBehaviour)]` struct
+//! (see [`crate::host`]). It is not generic, and it needs nothing from the
+//! swarm but to be polled.
+//!
+//! [`Node`]: crate::generic::Node
 //!
 //! This is the libp2p plumbing under the request/response and raw-stream
 //! APIs. It is runtime-neutral (no tokio, no async-std): it only uses
@@ -50,6 +58,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -99,6 +108,15 @@ pub enum OpenStreamError {
     /// Opening the stream took longer than the open timeout.
     #[error("opening the stream timed out")]
     Timeout,
+    /// The swarm that runs the [`Behaviour`] did not poll it for `waited`:
+    /// the request was never even looked at. An application that embeds
+    /// the behaviour in its own swarm must keep polling that swarm
+    /// (retryable: it may resume).
+    #[error("the swarm running pointsub's behaviour was not polled for {waited:?}")]
+    NotPolled {
+        /// How long the request waited for the swarm.
+        waited: Duration,
+    },
     /// An I/O error while opening or negotiating the stream.
     #[error("I/O error while opening the stream: {0}")]
     Io(String),
@@ -127,6 +145,13 @@ pub enum DialError {
     /// Every dial attempt failed; the text is libp2p's description.
     #[error("dial failed: {0}")]
     Failed(String),
+    /// The swarm running the [`Behaviour`] did not poll it for `waited`
+    /// (see [`OpenStreamError::NotPolled`]).
+    #[error("the swarm running pointsub's behaviour was not polled for {waited:?}")]
+    NotPolled {
+        /// How long the dial waited for the swarm.
+        waited: Duration,
+    },
     /// The node has shut down (final).
     #[error("the node has shut down")]
     Shutdown,
@@ -151,6 +176,7 @@ impl From<DialError> for OpenStreamError {
     fn from(e: DialError) -> Self {
         match e {
             DialError::Shutdown => Self::Shutdown,
+            DialError::NotPolled { waited } => Self::NotPolled { waited },
             other => Self::Dial(other.to_string()),
         }
     }
@@ -174,8 +200,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct Shared {
+    /// The id of the swarm this behaviour runs in, as its creator said.
+    local_peer_id: PeerId,
     registry: Mutex<Registry>,
     state: Mutex<State>,
+    /// Which of pointsub's stream limits were set through [`Control`]'s
+    /// helpers (the swarm's own settings cannot be read from a behaviour).
+    yamux_limit_set: AtomicBool,
+    swarm_limit_set: AtomicBool,
 }
 
 struct Registration {
@@ -214,6 +246,12 @@ struct State {
     /// Established connections per peer, oldest first.
     connections: BTreeMap<PeerId, Vec<ConnectionFacts>>,
     closed: bool,
+    /// How many times the behaviour has been polled (wrapping): what
+    /// tells a request that waits whether the swarm is still running.
+    polls: u64,
+    /// One sender per [`HostClosed`] future; dropped (never sent) when the
+    /// behaviour is dropped.
+    close_watchers: Vec<oneshot::Sender<Infallible>>,
 }
 
 impl State {
@@ -234,10 +272,13 @@ impl State {
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(local_peer_id: PeerId) -> Self {
         Self {
+            local_peer_id,
             registry: Mutex::new(Registry::default()),
             state: Mutex::new(State::default()),
+            yamux_limit_set: AtomicBool::new(false),
+            swarm_limit_set: AtomicBool::new(false),
         }
     }
 
@@ -260,6 +301,32 @@ impl Shared {
             w.wake();
         }
         Ok(())
+    }
+
+    /// At the swarm's start: says plainly when the swarm was not declared
+    /// to use pointsub's stream limits.
+    fn warn_if_default_limits(&self) {
+        let yamux = self.yamux_limit_set.load(Ordering::Relaxed);
+        let swarm = self.swarm_limit_set.load(Ordering::Relaxed);
+        if !yamux {
+            tracing::warn!(
+                local = %self.local_peer_id,
+                "pointsub: this swarm's yamux was not configured with pointsub's limit of \
+                 1024 streams per connection (libp2p's default is 512, and going past it \
+                 closes the whole connection). Build the transport with \
+                 `control.yamux_config()`, or call `control.assume_stream_limits()` if \
+                 the limit is set some other way or yamux is not used"
+            );
+        }
+        if !swarm {
+            tracing::warn!(
+                local = %self.local_peer_id,
+                "pointsub: this swarm lets only libp2p's default of 128 inbound streams \
+                 negotiate at once (pointsub expects 1024; under load the rest are \
+                 dropped). Build the swarm config with `control.swarm_config(config)`, \
+                 or call `control.assume_stream_limits()` if it is set some other way"
+            );
+        }
     }
 
     fn protocols(&self) -> Arc<[StreamProtocol]> {
@@ -317,7 +384,7 @@ enum Command {
 // Control
 // ---------------------------------------------------------------------------
 
-/// A cloneable handle to a [`StreamBehaviour`]: register protocols, open
+/// A cloneable handle to a [`Behaviour`]: register protocols, open
 /// streams, dial, and read connection facts. Usable from any thread.
 ///
 /// Everything it enqueues wakes the swarm task that polls the behaviour.
@@ -451,6 +518,120 @@ impl Control {
     /// request fails with a `Shutdown` error from then on.
     pub fn is_shut_down(&self) -> bool {
         self.shared.is_closed()
+    }
+
+    /// The id of the swarm the behaviour runs in, as given to
+    /// [`Behaviour::new`].
+    pub fn local_peer_id(&self) -> PeerId {
+        self.shared.local_peer_id
+    }
+
+    /// A future that completes once the behaviour is dropped (with its
+    /// swarm): what lets clients and servers end their requests with an
+    /// error instead of waiting for a swarm that is gone.
+    pub fn closed(&self) -> Closed {
+        let mut state = lock(&self.shared.state);
+        if state.closed {
+            return Closed(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        state.close_watchers.retain(|w| !w.is_canceled());
+        state.close_watchers.push(tx);
+        Closed(Some(rx))
+    }
+
+    /// How many times the behaviour has been polled so far (wrapping).
+    pub(crate) fn poll_count(&self) -> u64 {
+        lock(&self.shared.state).polls
+    }
+
+    /// pointsub's yamux configuration ([`yamux_config`]: 1,024 streams per
+    /// connection), for the transport of the swarm this behaviour runs
+    /// in. Taking it here also records that the swarm uses it, which
+    /// silences the start-up warning about libp2p's default of 512.
+    ///
+    /// [`yamux_config`]: crate::node::yamux_config
+    pub fn yamux_config(&self) -> libp2p::yamux::Config {
+        self.shared.yamux_limit_set.store(true, Ordering::Relaxed);
+        crate::node::yamux_config()
+    }
+
+    /// Applies pointsub's stream limits to the configuration of the swarm
+    /// this behaviour runs in ([`swarm_limits`]: 1,024 inbound streams
+    /// negotiating at once instead of libp2p's 128, and a deeper queue
+    /// from behaviours to connections), and records that it did. Other
+    /// settings (timeouts, executor) are left as they are.
+    ///
+    /// [`swarm_limits`]: crate::node::swarm_limits
+    pub fn swarm_config(&self, config: libp2p::swarm::Config) -> libp2p::swarm::Config {
+        self.shared.swarm_limit_set.store(true, Ordering::Relaxed);
+        crate::node::swarm_limits(config)
+    }
+
+    /// Declares that the swarm's limits were raised by other means (at
+    /// least [`MAX_STREAMS_PER_CONNECTION`] yamux streams per connection,
+    /// or no yamux at all, and as many negotiating inbound streams), which
+    /// silences the start-up warning.
+    ///
+    /// [`MAX_STREAMS_PER_CONNECTION`]: crate::node::MAX_STREAMS_PER_CONNECTION
+    pub fn assume_stream_limits(&self) {
+        self.shared.yamux_limit_set.store(true, Ordering::Relaxed);
+        self.shared.swarm_limit_set.store(true, Ordering::Relaxed);
+    }
+
+    /// Which of pointsub's stream limits the swarm was declared to use,
+    /// through [`Control::yamux_config`], [`Control::swarm_config`] or
+    /// [`Control::assume_stream_limits`]. A behaviour cannot read its
+    /// swarm's settings, so this is what the swarm's builder said, not a
+    /// measurement.
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            yamux: self.shared.yamux_limit_set.load(Ordering::Relaxed),
+            negotiating_inbound: self.shared.swarm_limit_set.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Which of pointsub's stream limits a swarm was declared to use (see
+/// [`Control::stream_limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamLimits {
+    /// The transport's yamux allows 1,024 streams per connection
+    /// ([`Control::yamux_config`]); libp2p's default is 512.
+    pub yamux: bool,
+    /// The swarm lets 1,024 inbound streams negotiate at once
+    /// ([`Control::swarm_config`]); libp2p's default is 128.
+    pub negotiating_inbound: bool,
+}
+
+impl StreamLimits {
+    /// Whether both limits were declared.
+    pub fn all_set(&self) -> bool {
+        self.yamux && self.negotiating_inbound
+    }
+}
+
+/// The future returned by [`Control::closed`]: completes once the
+/// [`Behaviour`] is dropped.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Closed(Option<oneshot::Receiver<Infallible>>);
+
+impl fmt::Debug for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Closed").finish_non_exhaustive()
+    }
+}
+
+impl Future for Closed {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.0.as_mut() {
+            // Nothing is ever sent: the only outcome is the sender's drop.
+            Some(rx) => Pin::new(rx).poll(cx).map(|_| ()),
+            None => Poll::Ready(()),
+        }
     }
 }
 
@@ -634,7 +815,7 @@ struct PendingOpen {
 ///
 /// It emits no events (`ToSwarm = Infallible`); everything goes through
 /// [`Control`]. Dropping it (with its swarm) shuts every [`Control`] down.
-pub struct StreamBehaviour {
+pub struct Behaviour {
     shared: Arc<Shared>,
     open_timeout: Duration,
     events: VecDeque<ToSwarm<Infallible, HandlerIn>>,
@@ -646,34 +827,42 @@ pub struct StreamBehaviour {
     dialing: HashMap<PeerId, ConnectionId>,
     /// `Control::dial_addr` callers, by the connection id of their dial.
     addr_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, DialError>>>,
+    /// Whether the first poll (the swarm's start) has checked the limits.
+    started: bool,
 }
 
-impl fmt::Debug for StreamBehaviour {
+impl fmt::Debug for Behaviour {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamBehaviour")
+        f.debug_struct("Behaviour")
             .field("open_timeout", &self.open_timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl Default for StreamBehaviour {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl StreamBehaviour {
-    /// A behaviour with no accepted protocols and the default open timeout.
-    pub fn new() -> Self {
+impl Behaviour {
+    /// A behaviour for the swarm whose identity is `local_peer_id`, with
+    /// no accepted protocols and the default open timeout.
+    ///
+    /// A behaviour cannot learn its swarm's id, so it is given here (as
+    /// libp2p's identify and Kademlia are): clients refuse to send to it.
+    /// Put the behaviour in a swarm built with that identity, e.g.
+    /// `Behaviour::new(keypair.public().to_peer_id())`.
+    pub fn new(local_peer_id: PeerId) -> Self {
         Self {
-            shared: Arc::new(Shared::new()),
+            shared: Arc::new(Shared::new(local_peer_id)),
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             events: VecDeque::new(),
             pending_opens: HashMap::new(),
             dial_waiters: HashMap::new(),
             dialing: HashMap::new(),
             addr_dials: HashMap::new(),
+            started: false,
         }
+    }
+
+    /// The id given to [`Behaviour::new`].
+    pub fn local_peer_id(&self) -> PeerId {
+        self.shared.local_peer_id
     }
 
     /// Sets the bound on opening one substream, and on the negotiation of
@@ -856,17 +1045,22 @@ impl StreamBehaviour {
     }
 }
 
-impl Drop for StreamBehaviour {
+impl Drop for Behaviour {
     fn drop(&mut self) {
         // Mark closed first, so that replies cancelled by the drops below
         // (and any request made from now on) read as `Shutdown`.
-        let commands = {
+        let (commands, watchers) = {
             let mut state = lock(&self.shared.state);
             state.closed = true;
             state.connections.clear();
-            std::mem::take(&mut state.commands)
+            (
+                std::mem::take(&mut state.commands),
+                std::mem::take(&mut state.close_watchers),
+            )
         };
         drop(commands);
+        // Completes every `Closed` future.
+        drop(watchers);
         let receivers = {
             let mut registry = lock(&self.shared.registry);
             registry.closed = true;
@@ -879,7 +1073,7 @@ impl Drop for StreamBehaviour {
     }
 }
 
-impl NetworkBehaviour for StreamBehaviour {
+impl NetworkBehaviour for Behaviour {
     type ConnectionHandler = Handler;
     type ToSwarm = Infallible;
 
@@ -975,6 +1169,10 @@ impl NetworkBehaviour for StreamBehaviour {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        if !self.started {
+            self.started = true;
+            self.shared.warn_if_default_limits();
+        }
         if let Some(event) = self.events.pop_front() {
             return Poll::Ready(event);
         }
@@ -982,6 +1180,7 @@ impl NetworkBehaviour for StreamBehaviour {
         // so a command pushed right after is never missed.
         let commands = {
             let mut state = lock(&self.shared.state);
+            state.polls = state.polls.wrapping_add(1);
             state.waker = Some(cx.waker().clone());
             std::mem::take(&mut state.commands)
         };
@@ -1014,11 +1213,11 @@ impl fmt::Debug for OpenRequest {
     }
 }
 
-/// What [`StreamBehaviour`] tells a [`Handler`] (opaque).
+/// What [`Behaviour`] tells a [`Handler`] (opaque).
 #[derive(Debug)]
 pub struct HandlerIn(OpenRequest);
 
-/// The [`ConnectionHandler`] of [`StreamBehaviour`], one per connection.
+/// The [`ConnectionHandler`] of [`Behaviour`], one per connection.
 ///
 /// It offers the currently accepted protocols to inbound substreams and
 /// hands each negotiated one straight to its protocol's [`IncomingStreams`];

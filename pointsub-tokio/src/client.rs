@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::behaviour::OpenStreamError;
 use crate::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
-use crate::node::Node;
+use crate::host::Host;
 use crate::rt::Runtime;
 use crate::server::ConnectionInfo;
 
@@ -343,11 +343,16 @@ fn open_failure(e: OpenStreamError) -> OpenFailure {
 }
 
 impl<R: Runtime> Client<R> {
-    /// A client sending from `node`, with `config` (checked first).
-    pub fn new(node: &Node<R>, config: ClientConfig) -> Result<Self, ConfigError> {
-        let core = pointsub_proto::Client::new(peer_key(&node.peer_id()), config)?;
+    /// A client sending from `host`, with `config` (checked first).
+    ///
+    /// `host` is a [`Node`](crate::generic::Node) (`&node`) or the
+    /// [`Host`] of a [`Behaviour`](crate::Behaviour) in the application's
+    /// own swarm. The client closes by itself when the host's swarm is
+    /// dropped: its requests then end with [`RequestError::Closed`].
+    pub fn new(host: &Host<R>, config: ClientConfig) -> Result<Self, ConfigError> {
+        let core = pointsub_proto::Client::new(peer_key(&host.peer_id()), config)?;
         let shared = Driver::start(
-            node,
+            host,
             State {
                 core,
                 plumbing: Plumbing::default(),
@@ -363,8 +368,10 @@ impl<R: Runtime> Client<R> {
         &self.handle.driver
     }
 
-    /// The node this client sends from.
-    pub fn node(&self) -> &Node<R> {
+    /// The host this client sends from (a node's, or an embedding
+    /// application's). Replaces `node()`: a client on an application's
+    /// own swarm has no [`Node`](crate::generic::Node).
+    pub fn host(&self) -> &Host<R> {
         &self.shared().node
     }
 

@@ -1,8 +1,8 @@
 //! Raw byte streams by peer and protocol: [`Listener`] and [`Conn`].
 //!
 //! The Rust counterpart of Go's `net.Listener` / `net.Conn` over libp2p:
-//! [`Node::listen`] accepts inbound streams for one protocol name,
-//! [`Node::dial`] opens one to a peer. A [`Conn`] is a plain
+//! [`Host::listen`] accepts inbound streams for one protocol name,
+//! [`Host::dial`] opens one to a peer. A [`Conn`] is a plain
 //! bidirectional byte stream (a yamux substream over TCP, or a QUIC
 //! stream) with no framing added: it implements `futures`'
 //! `AsyncRead`/`AsyncWrite` always, and tokio's with the `tokio-runtime`
@@ -49,7 +49,7 @@ use futures::{AsyncRead, AsyncWrite};
 use libp2p::{PeerId, Stream, StreamProtocol};
 
 use crate::behaviour::{IncomingStreams, OpenStreamError};
-use crate::node::Node;
+use crate::host::Host;
 use crate::rt::{BoxSleep, Runtime};
 
 /// Default read and write inactivity timeout of a [`Conn`]: 30 s (the
@@ -61,7 +61,7 @@ pub const DEFAULT_CONN_TIMEOUT: Duration = Duration::from_secs(30);
 /// runtime whose timers fire early cannot make a poll loop forever).
 const MAX_REARMS: u32 = 3;
 
-/// Why [`Node::listen`], [`Node::dial`] or [`Listener::accept`] failed.
+/// Why [`Host::listen`], [`Host::dial`] or [`Listener::accept`] failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnError {
@@ -100,7 +100,7 @@ fn parse_protocol(protocol: &str) -> Result<StreamProtocol, ConnError> {
         .map_err(|_| ConnError::InvalidProtocol(protocol.to_owned()))
 }
 
-impl<R: Runtime> Node<R> {
+impl<R: Runtime> Host<R> {
     /// Starts accepting raw byte streams for `protocol` (e.g.
     /// `/chat/1.0.0`) from any peer.
     ///
@@ -136,7 +136,7 @@ impl<R: Runtime> Node<R> {
 // Listener
 // ---------------------------------------------------------------------------
 
-/// Accepts inbound [`Conn`]s for one protocol, from [`Node::listen`].
+/// Accepts inbound [`Conn`]s for one protocol, from [`Host::listen`].
 ///
 /// Also a `futures::Stream` of `Conn`s, which ends when the node shuts
 /// down. Dropping it unregisters the protocol and drops the inbound
@@ -278,7 +278,7 @@ fn timed_out(what: &str, timeout: Option<Duration>) -> io::Error {
 }
 
 /// A raw, bidirectional byte stream to a peer for one protocol, from
-/// [`Node::dial`] or [`Listener::accept`].
+/// [`Host::dial`] or [`Listener::accept`].
 ///
 /// Reads and writes go straight to the libp2p stream, with the read and
 /// write inactivity timeouts described in the [module docs](self).

@@ -19,7 +19,8 @@ use futures::io::{AsyncRead, AsyncWrite};
 use libp2p::Stream;
 use pointsub_proto::{StreamId, Transmit};
 
-use crate::node::Node;
+use crate::behaviour::Closed;
+use crate::host::Host;
 use crate::rt::{BoxSleep, Clock, Runtime};
 
 /// Bytes read from a stream per read call.
@@ -237,6 +238,13 @@ pub(crate) trait Engine: Send + Sync + 'static {
 
     /// Runs due timers; says what to sleep until next.
     fn on_timer(&self, waker: &Waker) -> TimerPoll;
+
+    /// Completes once the host's behaviour is dropped (its swarm gone).
+    fn host_closed(&self) -> Closed;
+
+    /// The host's behaviour was dropped: nothing can reach the network
+    /// any more.
+    fn on_host_closed(&self);
 }
 
 /// What the timer task does next.
@@ -408,15 +416,19 @@ pub(crate) fn spawn_timer<E: Engine>(engine: &Arc<E>) {
     let task = TimerTask {
         engine: engine.clone(),
         sleep: None,
+        host_closed: Some(engine.host_closed()),
     };
     engine.runtime().spawn(Box::pin(task));
 }
 
 /// Sleeps until the core's next deadline and runs its timers; woken early
-/// when an earlier deadline appears.
+/// when an earlier deadline appears. Also watches the host: when its
+/// behaviour is dropped (the swarm is gone) the side is told at once.
 struct TimerTask<E: Engine> {
     engine: Arc<E>,
     sleep: Option<(StdInstant, BoxSleep)>,
+    /// `None` once the host has closed.
+    host_closed: Option<Closed>,
 }
 
 impl<E: Engine> Future for TimerTask<E> {
@@ -424,6 +436,12 @@ impl<E: Engine> Future for TimerTask<E> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if let Some(closed) = this.host_closed.as_mut()
+            && Pin::new(closed).poll(cx).is_ready()
+        {
+            this.host_closed = None;
+            this.engine.on_host_closed();
+        }
         loop {
             let deadline = match this.engine.on_timer(cx.waker()) {
                 TimerPoll::Stop => return Poll::Ready(()),
@@ -493,6 +511,12 @@ pub(crate) trait Side<R: Runtime>: Send + Sized + 'static {
 
     /// The last user handle is gone: close (client) or stop (server).
     fn last_handle_dropped(driver: &Driver<R, Self>);
+
+    /// The host's swarm is gone: by default, as when the last handle is
+    /// dropped.
+    fn host_closed(driver: &Driver<R, Self>) {
+        Self::last_handle_dropped(driver);
+    }
 }
 
 /// What the user-facing clones share: dropping the last one tells the side
@@ -507,11 +531,13 @@ impl<R: Runtime, S: Side<R>> Drop for UserHandle<R, S> {
     }
 }
 
-/// A core behind one lock, with its node, clock and tasks: what a
+/// A core behind one lock, with its host, clock and tasks: what a
 /// [`Client`](crate::generic::Client) or [`Server`](crate::generic::Server)
 /// handle points to.
 pub(crate) struct Driver<R: Runtime, S> {
-    pub(crate) node: Node<R>,
+    /// The host the side runs on: a node's, or one an application made
+    /// from the behaviour in its own swarm.
+    pub(crate) node: Host<R>,
     pub(crate) clock: Clock,
     pub(crate) state: Mutex<S>,
     this: Weak<Self>,
@@ -519,7 +545,7 @@ pub(crate) struct Driver<R: Runtime, S> {
 
 impl<R: Runtime, S: Side<R>> Driver<R, S> {
     /// Puts `state` behind a driver on `node` and starts its timer task.
-    pub(crate) fn start(node: &Node<R>, state: S) -> Arc<Self> {
+    pub(crate) fn start(node: &Host<R>, state: S) -> Arc<Self> {
         let driver = Arc::new_cyclic(|this| Driver {
             node: node.clone(),
             clock: Clock::new(node.runtime()),
@@ -613,5 +639,14 @@ impl<R: Runtime, S: Side<R>> Engine for Driver<R, S> {
         let next = state.poll_timeout();
         state.plumbing().arm(next, waker);
         TimerPoll::Sleep(next.map(|t| self.clock.runtime_time(t)))
+    }
+
+    fn host_closed(&self) -> Closed {
+        self.node.closed()
+    }
+
+    fn on_host_closed(&self) {
+        tracing::debug!(local = %self.node.peer_id(), "the host's swarm is gone");
+        S::host_closed(self);
     }
 }

@@ -26,10 +26,19 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Inside your own libp2p application
+//!
+//! A [`Node`] owns its swarm. An application that already runs one puts a
+//! [`Behaviour`] in its own `#[derive(NetworkBehaviour)]` struct, keeps
+//! polling its swarm, and builds clients, servers and raw connections on
+//! the behaviour's [`Host`](generic::Host): see [`host`], and
+//! `examples/own_swarm.rs`.
+//!
 //! # Layout
 //!
 //! The glue is runtime-neutral and lives in [`generic`], parameterised by
-//! a [`Runtime`]: [`behaviour`] (the libp2p plumbing), [`node`] (a swarm
+//! a [`Runtime`]: [`behaviour`] (the libp2p plumbing), [`host`] (the
+//! behaviour's handle plus a runtime), [`node`] (a swarm of its own
 //! driven by a task), [`client`], [`server`] and [`conn`]. It compiles
 //! without tokio (`default-features = false`), which is how
 //! `pointsub-async-std` reuses it. The `tokio-runtime` feature (on by
@@ -41,6 +50,7 @@ pub mod behaviour;
 pub mod client;
 pub mod conn;
 mod driver;
+pub mod host;
 pub mod node;
 pub mod rt;
 pub mod server;
@@ -54,16 +64,18 @@ mod tokio_rt;
 pub mod generic {
     pub use crate::client::Client;
     pub use crate::conn::{Conn, Listener};
+    pub use crate::host::Host;
     pub use crate::node::Node;
     pub use crate::server::Server;
 }
 
 pub use behaviour::{
-    AlreadyRegistered, Connect, Control, DialError, IncomingStreams, OpenStream, OpenStreamError,
-    StreamBehaviour,
+    AlreadyRegistered, Behaviour, Closed, Connect, Control, DialError, IncomingStreams, OpenStream,
+    OpenStreamError, StreamLimits,
 };
 pub use client::{ClosestOptions, Response};
 pub use conn::{ConnError, DEFAULT_CONN_TIMEOUT};
+pub use host::NOT_POLLED_TIMEOUT;
 pub use libp2p::{self, Multiaddr, PeerId, Stream, StreamProtocol};
 pub use node::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, NodeConfig, NodeError, NodeRuntime,
@@ -75,4 +87,4 @@ pub use pointsub_proto::{
 pub use rt::{Runtime, RuntimeExecutor};
 pub use server::{ConnectionInfo, HandlerError, StartError};
 #[cfg(feature = "tokio-runtime")]
-pub use tokio_rt::{Client, Conn, Listener, Node, Server, TokioRuntime};
+pub use tokio_rt::{Client, Conn, Host, Listener, Node, Server, TokioRuntime};

@@ -1,5 +1,11 @@
-//! [`Node`]: a libp2p swarm with a [`StreamBehaviour`], driven by a task on
+//! [`Node`]: a libp2p swarm with a [`Behaviour`], driven by a task on
 //! any [`Runtime`].
+//!
+//! A node is the embedded default: it builds and drives a swarm whose only
+//! behaviour is pointsub's, and is a [`Host`] (it dereferences to one) like
+//! the host an application makes from a [`Behaviour`] in a swarm of its
+//! own (see [`crate::host`]). Clients, servers and raw connections work
+//! on either through the same code.
 //!
 //! This module is runtime-neutral. A runtime crate builds the swarm over
 //! its own transport (tcp + noise + yamux, with [`yamux_config`] and
@@ -49,12 +55,10 @@ use futures::future::{self, Either};
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{Multiaddr, PeerId, Swarm};
 
-use crate::behaviour::{
-    AlreadyRegistered, Connect, Control, DEFAULT_OPEN_TIMEOUT, IncomingStreams, OpenStream,
-    StreamBehaviour,
-};
+use crate::behaviour::{Behaviour, DEFAULT_OPEN_TIMEOUT};
+use crate::host::Host;
 use crate::rt::Runtime;
 
 /// Streams allowed per connection by [`yamux_config`] and inbound streams
@@ -80,16 +84,25 @@ pub fn yamux_config() -> libp2p::yamux::Config {
 }
 
 /// Applies pointsub's swarm settings to a runtime's base config: the idle
-/// connection timeout, [`MAX_STREAMS_PER_CONNECTION`] concurrently
-/// negotiating inbound streams, and a deeper behaviour-to-handler buffer.
+/// connection timeout and [`swarm_limits`].
 pub fn tune_swarm_config(
     config: libp2p::swarm::Config,
     idle_connection_timeout: Duration,
 ) -> libp2p::swarm::Config {
+    swarm_limits(config).with_idle_connection_timeout(idle_connection_timeout)
+}
+
+/// pointsub's stream limits on a swarm config, nothing else:
+/// [`MAX_STREAMS_PER_CONNECTION`] concurrently negotiating inbound streams
+/// (libp2p's default is 128) and a deeper behaviour-to-handler buffer (64
+/// events instead of 8). [`Control::swarm_config`] applies it and records
+/// that it did.
+///
+/// [`Control::swarm_config`]: crate::Control::swarm_config
+pub fn swarm_limits(config: libp2p::swarm::Config) -> libp2p::swarm::Config {
     let buffer =
         std::num::NonZeroUsize::new(NOTIFY_HANDLER_BUFFER).unwrap_or(std::num::NonZeroUsize::MIN);
     config
-        .with_idle_connection_timeout(idle_connection_timeout)
         .with_max_negotiating_inbound_streams(MAX_STREAMS_PER_CONNECTION)
         .with_notify_handler_buffer_size(buffer)
 }
@@ -220,6 +233,13 @@ pub enum NodeError {
     /// Listeners were started but none reported an address in time.
     #[error("no listen address became available: {0}")]
     NoListenAddr(String),
+    /// The swarm's identity is not the one its [`Behaviour`] was made for
+    /// ([`Behaviour::new`] takes the swarm's peer id).
+    #[error("the behaviour was made for peer {behaviour}, not for the swarm's identity")]
+    PeerIdMismatch {
+        /// The id given to [`Behaviour::new`].
+        behaviour: PeerId,
+    },
 }
 
 /// An error with its causes, `: `-separated (libp2p's transport errors
@@ -265,12 +285,11 @@ impl ListenState {
 }
 
 struct Inner<R> {
-    peer_id: PeerId,
-    runtime: R,
-    control: Control,
+    host: Host<R>,
     listen: Arc<Mutex<ListenState>>,
-    /// Dropping or firing this ends the swarm task.
-    stop: Mutex<Option<oneshot::Sender<()>>>,
+    /// Dropping or firing this ends the swarm task. The host holds it too,
+    /// so clients and servers on the node keep it running.
+    stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
 }
 
 /// A running libp2p host: its identity, listen addresses, connections and
@@ -279,6 +298,12 @@ struct Inner<R> {
 /// Cheap to clone (an `Arc`). A spawned task drives the swarm; it ends
 /// when the last clone is dropped or [`Node::shutdown`] is called, which
 /// closes every connection and makes every [`Control`] report `Shutdown`.
+///
+/// A node dereferences to its [`Host`]: `peer_id`, `add_address`,
+/// `connect`, `listen`, `dial` and the rest are the host's, and `&node`
+/// is accepted wherever a `&Host` is (`Client::new(&node, ..)`).
+///
+/// [`Control`]: crate::Control
 pub struct Node<R: Runtime> {
     inner: Arc<Inner<R>>,
 }
@@ -294,9 +319,17 @@ impl<R: Runtime> Clone for Node<R> {
 impl<R: Runtime> fmt::Debug for Node<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Node")
-            .field("peer_id", &self.inner.peer_id)
+            .field("peer_id", &self.peer_id())
             .field("listen_addrs", &self.listen_addrs())
             .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> std::ops::Deref for Node<R> {
+    type Target = Host<R>;
+
+    fn deref(&self) -> &Host<R> {
+        &self.inner.host
     }
 }
 
@@ -309,16 +342,26 @@ impl<R: Runtime> Node<R> {
     /// refused, or if listeners were given and none produced an address.
     /// With no listen addresses the node only dials out.
     ///
-    /// The swarm should use [`yamux_config`] and [`tune_swarm_config`], and
-    /// its transport should carry a connection timeout (libp2p's
-    /// `SwarmBuilder` adds one), since dials are bounded by it.
+    /// The swarm should use [`yamux_config`] and [`tune_swarm_config`]
+    /// (through the behaviour's `Control`, which records it), and its
+    /// transport should carry a connection timeout (libp2p's
+    /// `SwarmBuilder` adds one), since dials are bounded by it. Fails with
+    /// [`NodeError::PeerIdMismatch`] if the behaviour was made for another
+    /// identity than the swarm's.
     pub async fn from_swarm(
-        mut swarm: Swarm<StreamBehaviour>,
+        mut swarm: Swarm<Behaviour>,
         runtime: R,
         listen_addrs: impl IntoIterator<Item = Multiaddr>,
     ) -> Result<Self, NodeError> {
         let peer_id = *swarm.local_peer_id();
-        let control = swarm.behaviour().control();
+        if swarm.behaviour().local_peer_id() != peer_id {
+            return Err(NodeError::PeerIdMismatch {
+                behaviour: swarm.behaviour().local_peer_id(),
+            });
+        }
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let stop = Arc::new(Mutex::new(Some(stop_tx)));
+        let host = swarm.behaviour().host(runtime).with_lifeline(stop.clone());
 
         let mut waiting = HashSet::new();
         for addr in listen_addrs {
@@ -342,20 +385,14 @@ impl<R: Runtime> Node<R> {
             ..ListenState::default()
         }));
 
-        let (stop_tx, stop_rx) = oneshot::channel();
-        runtime.spawn(Box::pin(drive(swarm, stop_rx, listen.clone())));
+        host.runtime()
+            .spawn(Box::pin(drive(swarm, stop_rx, listen.clone())));
         let node = Self {
-            inner: Arc::new(Inner {
-                peer_id,
-                runtime,
-                control,
-                listen,
-                stop: Mutex::new(Some(stop_tx)),
-            }),
+            inner: Arc::new(Inner { host, listen, stop }),
         };
 
         if has_listeners {
-            let timeout = node.inner.runtime.sleep(LISTEN_TIMEOUT);
+            let timeout = node.runtime().sleep(LISTEN_TIMEOUT);
             let _ = future::select(ready_rx, timeout).await;
             let state = lock(&node.inner.listen);
             if state.addrs.is_empty() {
@@ -370,11 +407,6 @@ impl<R: Runtime> Node<R> {
             }
         }
         Ok(node)
-    }
-
-    /// This node's identity.
-    pub fn peer_id(&self) -> PeerId {
-        self.inner.peer_id
     }
 
     /// The addresses this node listens on now (as reported by its
@@ -393,45 +425,14 @@ impl<R: Runtime> Node<R> {
             .collect()
     }
 
-    /// Remembers `addr` as an address of `peer` for later dials.
-    pub fn add_address(&self, peer: PeerId, addr: Multiaddr) {
-        self.inner.control.add_address(peer, addr);
-    }
-
-    /// Connects to `peer` (see [`Control::dial`]).
-    pub fn connect(&self, peer: PeerId) -> Connect<()> {
-        self.inner.control.dial(peer)
-    }
-
-    /// Connects to the peer at `addr`, resolving to its id (see
-    /// [`Control::dial_addr`]).
-    pub fn connect_addr(&self, addr: Multiaddr) -> Connect<PeerId> {
-        self.inner.control.dial_addr(addr)
-    }
-
-    /// Opens a raw stream to `peer` for `protocol` (see
-    /// [`Control::open_stream`]).
-    pub fn open_stream(&self, peer: PeerId, protocol: StreamProtocol) -> OpenStream {
-        self.inner.control.open_stream(peer, protocol)
-    }
-
-    /// Accepts inbound raw streams for `protocol` (see [`Control::accept`]).
-    pub fn accept(&self, protocol: StreamProtocol) -> Result<IncomingStreams, AlreadyRegistered> {
-        self.inner.control.accept(protocol)
-    }
-
-    /// The handle to this node's [`StreamBehaviour`].
-    pub fn control(&self) -> &Control {
-        &self.inner.control
-    }
-
-    /// The runtime this node runs on.
-    pub fn runtime(&self) -> &R {
-        &self.inner.runtime
+    /// The node's [`Host`] (also reached through `Deref`).
+    pub fn host(&self) -> &Host<R> {
+        &self.inner.host
     }
 
     /// Stops the swarm task: connections close, pending opens and dials
-    /// fail with `Shutdown`, [`IncomingStreams`] end. Idempotent; other
+    /// fail with `Shutdown`, [`IncomingStreams`](crate::IncomingStreams)
+    /// end, and clients and servers on the node close. Idempotent; other
     /// clones of this node see the same shut-down node.
     pub fn shutdown(&self) {
         if let Some(stop) = lock(&self.inner.stop).take() {
@@ -440,7 +441,8 @@ impl<R: Runtime> Node<R> {
     }
 
     /// Whether [`Node::shutdown`] was called (the task may still be
-    /// finishing; [`Control::is_shut_down`] turns true once it has).
+    /// finishing; [`Control::is_shut_down`](crate::Control::is_shut_down)
+    /// turns true once it has).
     pub fn is_shut_down(&self) -> bool {
         lock(&self.inner.stop).is_none()
     }
@@ -449,7 +451,7 @@ impl<R: Runtime> Node<R> {
 /// The swarm task: polls the swarm until stopped, keeping the listen
 /// addresses current.
 async fn drive(
-    mut swarm: Swarm<StreamBehaviour>,
+    mut swarm: Swarm<Behaviour>,
     mut stop: oneshot::Receiver<()>,
     listen: Arc<Mutex<ListenState>>,
 ) {

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::client::{peer_id, peer_key};
 use crate::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
-use crate::node::Node;
+use crate::host::Host;
 use crate::rt::Runtime;
 
 /// Default grace period of [`Server::stop`]: in-flight requests get this
@@ -109,7 +109,7 @@ pub struct ConnectionInfo {
 
 impl ConnectionInfo {
     pub(crate) fn from_core<R: Runtime>(
-        node: &Node<R>,
+        node: &Host<R>,
         infos: Vec<pointsub_proto::ConnectionInfo>,
     ) -> Vec<Self> {
         let now = node.runtime().now();
@@ -402,12 +402,17 @@ impl<R: Runtime> Drop for RespondOnDrop<R> {
 }
 
 impl<R: Runtime> Server<R> {
-    /// A server on `node` with `config` (checked first). It serves
+    /// A server on `host` with `config` (checked first). It serves
     /// nothing until [`Server::start`].
-    pub fn new(node: &Node<R>, config: ServerConfig) -> Result<Self, ConfigError> {
+    ///
+    /// `host` is a [`Node`](crate::generic::Node) (`&node`) or the
+    /// [`Host`] of a [`Behaviour`](crate::Behaviour) in the application's
+    /// own swarm. The server stops by itself when the host's swarm is
+    /// dropped.
+    pub fn new(host: &Host<R>, config: ServerConfig) -> Result<Self, ConfigError> {
         let core = pointsub_proto::Server::new(config)?;
         let shared = Driver::start(
-            node,
+            host,
             State {
                 core,
                 plumbing: Plumbing::default(),
@@ -426,8 +431,10 @@ impl<R: Runtime> Server<R> {
         &self.handle.driver
     }
 
-    /// The node this server answers on.
-    pub fn node(&self) -> &Node<R> {
+    /// The host this server answers on (a node's, or an embedding
+    /// application's). Replaces `node()`: a server on an application's
+    /// own swarm has no [`Node`](crate::generic::Node).
+    pub fn host(&self) -> &Host<R> {
         &self.shared().node
     }
 
@@ -466,7 +473,7 @@ impl<R: Runtime> Server<R> {
             state.handlers.insert(name.clone(), handler);
             state.accept_stops.push(stop_tx);
         }
-        let mut incoming = match self.node().accept(stream_protocol) {
+        let mut incoming = match self.host().accept(stream_protocol) {
             Ok(incoming) => incoming,
             Err(_) => {
                 let mut state = self.shared().lock();
@@ -493,7 +500,7 @@ impl<R: Runtime> Server<R> {
             }
             // Dropping `incoming` unregisters the protocol from the node.
         };
-        self.node().runtime().spawn(Box::pin(task.instrument(span)));
+        self.host().runtime().spawn(Box::pin(task.instrument(span)));
         Ok(())
     }
 

@@ -9,10 +9,8 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, SwarmBuilder, noise, tcp};
 
-use crate::behaviour::StreamBehaviour;
-use crate::node::{
-    MAX_STREAMS_PER_CONNECTION, NodeConfig, NodeError, NodeRuntime, tune_swarm_config, yamux_config,
-};
+use crate::behaviour::Behaviour;
+use crate::node::{MAX_STREAMS_PER_CONNECTION, NodeConfig, NodeError, NodeRuntime};
 use crate::rt::{BoxSleep, BoxTask, Runtime};
 
 /// A [`Runtime`] backed by a tokio runtime handle.
@@ -84,6 +82,10 @@ pub type Client = crate::client::Client<TokioRuntime>;
 /// A [`Server`](crate::generic::Server) on tokio.
 pub type Server = crate::server::Server<TokioRuntime>;
 
+/// A [`Host`](crate::generic::Host) on tokio: a [`Behaviour`] in a swarm
+/// (a [`Node`]'s or the application's own) with pointsub's tasks on tokio.
+pub type Host = crate::host::Host<TokioRuntime>;
+
 /// A [`Listener`](crate::generic::Listener) on tokio.
 pub type Listener = crate::conn::Listener<TokioRuntime>;
 
@@ -107,7 +109,9 @@ impl NodeRuntime for TokioRuntime {
             ]
         });
         let keypair = config.keypair.unwrap_or_else(Keypair::generate_ed25519);
-        let behaviour = StreamBehaviour::new().with_open_timeout(config.open_timeout);
+        let behaviour =
+            Behaviour::new(keypair.public().to_peer_id()).with_open_timeout(config.open_timeout);
+        let control = behaviour.control();
         let idle = config.idle_connection_timeout;
         let stream_limit = u32::try_from(MAX_STREAMS_PER_CONNECTION).unwrap_or(u32::MAX);
         let swarm = SwarmBuilder::with_existing_identity(keypair)
@@ -115,7 +119,7 @@ impl NodeRuntime for TokioRuntime {
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 noise::Config::new,
-                yamux_config,
+                || control.yamux_config(),
             )
             .map_err(|e| NodeError::Transport(e.to_string()))?
             .with_quic_config(|mut quic| {
@@ -124,7 +128,11 @@ impl NodeRuntime for TokioRuntime {
             })
             .with_behaviour(|_| behaviour)
             .map_err(|e| NodeError::Transport(e.to_string()))?
-            .with_swarm_config(|swarm| tune_swarm_config(swarm, idle))
+            .with_swarm_config(|swarm| {
+                control
+                    .swarm_config(swarm)
+                    .with_idle_connection_timeout(idle)
+            })
             .with_connection_timeout(config.connect_timeout)
             .build();
         Node::from_swarm(swarm, self, listen).await
