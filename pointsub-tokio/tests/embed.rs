@@ -491,6 +491,105 @@ async fn stream_limits_are_declared_by_the_helpers() {
     assert!(node.control().stream_limits().all_set());
 }
 
+/// Log output, captured.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// Polls a swarm built with or without pointsub's helpers on this thread
+/// until it listens, and returns what pointsub logged meanwhile.
+async fn start_up_log(with_helpers: bool) -> String {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let keypair = Keypair::generate_ed25519();
+    let behaviour = Behaviour::new(keypair.public().to_peer_id());
+    let control = behaviour.control();
+    let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let mut swarm = if with_helpers {
+        builder
+            .with_tcp(tcp::Config::default(), noise::Config::new, || {
+                control.yamux_config()
+            })
+            .expect("tcp")
+            .with_behaviour(|_| behaviour)
+            .expect("behaviour")
+            .with_swarm_config(|c| control.swarm_config(c))
+            .build()
+    } else {
+        builder
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                pointsub_tokio::libp2p::yamux::Config::default,
+            )
+            .expect("tcp")
+            .with_behaviour(|_| behaviour)
+            .expect("behaviour")
+            .build()
+    };
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    loop {
+        if let SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await {
+            break;
+        }
+    }
+    captured.text()
+}
+
+// current_thread: the swarm is polled on the thread whose log is captured.
+#[tokio::test]
+async fn a_swarm_left_at_libp2p_defaults_is_warned_about_at_start() {
+    within(async {
+        let log = start_up_log(false).await;
+        assert!(log.contains("WARN"), "{log}");
+        assert!(
+            log.contains("yamux was not configured with pointsub's limit of 1024"),
+            "{log}"
+        );
+        assert!(
+            log.contains("default of 128 inbound streams negotiate at once"),
+            "{log}"
+        );
+        let log = start_up_log(true).await;
+        assert!(!log.contains("pointsub:"), "{log}");
+    })
+    .await;
+}
+
 fn libp2p_config() -> pointsub_tokio::libp2p::swarm::Config {
     pointsub_tokio::libp2p::swarm::Config::with_tokio_executor()
 }
