@@ -103,8 +103,9 @@ pub use transport::{BuildError, TcpTransport, build_swarm, build_transport};
 pub type Host = pointsub_tokio::generic::Host<AsyncStdRuntime>;
 
 /// A running libp2p host on async-std / smol: identity, listen addresses,
-/// connections, raw streams ([`Node::listen`](pointsub_tokio::generic::Node::listen),
-/// [`Node::dial`](pointsub_tokio::generic::Node::dial)). Build one with
+/// connections, raw streams (`listen` and `dial`, which it has as a
+/// [`Host`]: [`Host::listen`](pointsub_tokio::generic::Host::listen),
+/// [`Host::dial`](pointsub_tokio::generic::Host::dial)). Build one with
 /// `Node::new(config)` (or `Node::with_runtime`).
 pub type Node = pointsub_tokio::generic::Node<AsyncStdRuntime>;
 
