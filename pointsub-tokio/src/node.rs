@@ -6,7 +6,7 @@
 //! [`tune_swarm_config`] so the stream limits match on every node) and
 //! hands it to [`Node::from_swarm`]. With the `tokio-runtime` feature,
 //! [`Node::new`](crate::Node::new) does all of that from a
-//! [`NodeConfig`](crate::NodeConfig).
+//! [`NodeConfig`].
 //!
 //! # Stream limits (libp2p 0.57)
 //!
