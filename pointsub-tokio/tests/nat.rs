@@ -3,7 +3,8 @@
 //! - A NATed host reaches a server on the public segment, and the server
 //!   sees the router's WAN address, with the host's own source port.
 //! - A public host cannot open a connection to a NATed host, neither to
-//!   its router's address nor, with a route, to its private one.
+//!   its router's address (over TCP or QUIC) nor, with a route, to its
+//!   private one.
 //! - The bed leaves nothing behind: after a normal run (two beds side by
 //!   side), and after the process that built it is SIGKILLed.
 //! - It has no way out of the machine, and says why when it cannot be
@@ -198,7 +199,16 @@ fn public_host_cannot_reach_nat_host() {
     let Some(bed) = NetBed::new_or_skip("public_host_cannot_reach_nat_host") else {
         return;
     };
-    let (_server, addrs) = serve(&bed, Host::HostA, &["--listen", "/ip4/0.0.0.0/tcp/4001"]);
+    let (_server, addrs) = serve(
+        &bed,
+        Host::HostA,
+        &[
+            "--listen",
+            "/ip4/0.0.0.0/tcp/4001",
+            "--listen",
+            "/ip4/0.0.0.0/udp/4001/quic-v1",
+        ],
+    );
     let private = addr_with(
         &addrs,
         &format!("/ip4/{}/tcp/4001/p2p/", Host::HostA.addr()),
@@ -243,6 +253,16 @@ fn public_host_cannot_reach_nat_host() {
     assert!(
         packets(&bed, Host::NatA, "wan-input-drop") > dropped,
         "nat-a's input drop counted nothing"
+    );
+    // The same for UDP (QUIC): unsolicited datagrams are dropped too.
+    let dropped = packets(&bed, Host::NatA, "wan-input-drop");
+    refused(
+        &format!("/ip4/{}/udp/4001/quic-v1/p2p/{peer}", Host::NatA.addr()),
+        "over QUIC to nat-a's address",
+    );
+    assert!(
+        packets(&bed, Host::NatA, "wan-input-drop") > dropped,
+        "nat-a's input drop counted no datagram"
     );
 
     // Even with a route to the private segment, the router does not
