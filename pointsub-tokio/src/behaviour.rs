@@ -98,10 +98,8 @@ pub enum OpenStreamError {
     NoAddresses(PeerId),
     /// Every known address of the peer answered with another identity;
     /// they were dropped (final until a good address is added).
-    #[error("the addresses of peer {expected} answer as {obtained}")]
+    #[error("the peer's addresses answer as another peer, {obtained}")]
     WrongPeer {
-        /// The peer that was dialed.
-        expected: PeerId,
         /// The identity the last address answered with.
         obtained: PeerId,
     },
@@ -147,10 +145,8 @@ pub enum DialError {
     /// "Unexpected peer ID"). Each such address is dropped from the
     /// address book and the peer's other addresses are tried; this is the
     /// outcome once none is left (final until a good address is added).
-    #[error("the addresses of peer {expected} answer as {obtained}")]
+    #[error("the peer's addresses answer as another peer, {obtained}")]
     WrongPeer {
-        /// The peer that was dialed.
-        expected: PeerId,
         /// The identity the last address answered with.
         obtained: PeerId,
     },
@@ -176,12 +172,9 @@ impl DialError {
     fn from_swarm(peer: Option<PeerId>, error: &libp2p::swarm::DialError) -> Self {
         match (error, peer) {
             (libp2p::swarm::DialError::NoAddresses, Some(peer)) => Self::NoAddresses(peer),
-            (libp2p::swarm::DialError::WrongPeerId { obtained, .. }, Some(expected)) => {
-                Self::WrongPeer {
-                    expected,
-                    obtained: *obtained,
-                }
-            }
+            (libp2p::swarm::DialError::WrongPeerId { obtained, .. }, Some(_)) => Self::WrongPeer {
+                obtained: *obtained,
+            },
             _ => Self::Failed(error.to_string()),
         }
     }
@@ -192,7 +185,7 @@ impl From<DialError> for OpenStreamError {
         match e {
             DialError::Shutdown => Self::Shutdown,
             DialError::NoAddresses(peer) => Self::NoAddresses(peer),
-            DialError::WrongPeer { expected, obtained } => Self::WrongPeer { expected, obtained },
+            DialError::WrongPeer { obtained } => Self::WrongPeer { obtained },
             other => Self::Dial(other.to_string()),
         }
     }
