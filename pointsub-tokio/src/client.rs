@@ -441,10 +441,14 @@ impl<R: Runtime> Client<R> {
     /// Sends `body` to `peer` on `protocol` and returns the response body.
     ///
     /// Ends with the response or exactly one [`RequestError`]: the peer is
-    /// this node, no address or no connection, a timeout, the server busy
-    /// or failing, a body over a size limit, the protocol not served, or
-    /// the client closed. Retryable failures are retried within the
-    /// configured budget first. Dropping the future cancels the request.
+    /// this node, no address ([`RequestError::NoAddress`], at once), its
+    /// addresses answering as another peer ([`RequestError::WrongPeer`],
+    /// after trying each), no connection, a timeout, the server busy or
+    /// failing, a body over a size limit, the protocol not served, or the
+    /// client closed or its node shut down ([`RequestError::Closed`], at
+    /// once). Retryable failures are retried within the configured budget
+    /// first (see the README's retry budget per cause). Dropping the future
+    /// cancels the request.
     pub async fn send(
         &self,
         peer: PeerId,
@@ -492,7 +496,9 @@ impl<R: Runtime> Client<R> {
     /// Sends `body` to the server node of `protocol` closest to the body
     /// (see [`Client::add_server_node`]), failing over to the next closest
     /// when a node does not answer. Returns the response and the node that
-    /// produced it.
+    /// produced it. When every node tried failed, the error is
+    /// [`RequestError::AllNodesFailed`]; [`RequestErrorExt::node_failures`]
+    /// lists each node's `PeerId` with its failure.
     pub async fn send_closest(
         &self,
         protocol: &str,
