@@ -89,10 +89,20 @@ pub enum OpenStreamError {
     /// peer will not help until it registers the protocol).
     #[error("remote peer does not support protocol {0}")]
     UnsupportedProtocol(StreamProtocol),
-    /// No connection to the peer could be made (including: no known
-    /// address).
+    /// No connection to the peer could be made; the text is libp2p's
+    /// description of the dial failure.
     #[error("could not connect to peer: {0}")]
     Dial(String),
+    /// No address of the peer is known (final until one is added).
+    #[error("no known address for peer {0}")]
+    NoAddresses(PeerId),
+    /// Every known address of the peer answered with another identity;
+    /// they were dropped (final until a good address is added).
+    #[error("the peer's addresses answer as another peer, {obtained}")]
+    WrongPeer {
+        /// The identity the last address answered with.
+        obtained: PeerId,
+    },
     /// The connection closed before the stream was open.
     #[error("connection closed before the stream was open")]
     ConnectionClosed,
@@ -109,10 +119,17 @@ pub enum OpenStreamError {
 
 impl OpenStreamError {
     /// Whether trying again (later, or over another connection) may
-    /// succeed. [`UnsupportedProtocol`](Self::UnsupportedProtocol) and
-    /// [`Shutdown`](Self::Shutdown) are final.
+    /// succeed. [`UnsupportedProtocol`](Self::UnsupportedProtocol),
+    /// [`NoAddresses`](Self::NoAddresses), [`WrongPeer`](Self::WrongPeer)
+    /// and [`Shutdown`](Self::Shutdown) are final.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::UnsupportedProtocol(_) | Self::Shutdown)
+        !matches!(
+            self,
+            Self::UnsupportedProtocol(_)
+                | Self::NoAddresses(_)
+                | Self::WrongPeer { .. }
+                | Self::Shutdown
+        )
     }
 }
 
@@ -121,9 +138,18 @@ impl OpenStreamError {
 #[non_exhaustive]
 pub enum DialError {
     /// Neither [`Control::add_address`] nor the swarm knows an address of
-    /// the peer.
+    /// the peer (final until one is added).
     #[error("no known address for peer {0}")]
     NoAddresses(PeerId),
+    /// The peer's addresses answered with another identity (libp2p's
+    /// "Unexpected peer ID"). Each such address is dropped from the
+    /// address book and the peer's other addresses are tried; this is the
+    /// outcome once none is left (final until a good address is added).
+    #[error("the peer's addresses answer as another peer, {obtained}")]
+    WrongPeer {
+        /// The identity the last address answered with.
+        obtained: PeerId,
+    },
     /// Every dial attempt failed; the text is libp2p's description.
     #[error("dial failed: {0}")]
     Failed(String),
@@ -133,15 +159,22 @@ pub enum DialError {
 }
 
 impl DialError {
-    /// Whether dialing again may succeed ([`Shutdown`](Self::Shutdown) is
+    /// Whether dialing again may succeed ([`NoAddresses`](Self::NoAddresses),
+    /// [`WrongPeer`](Self::WrongPeer) and [`Shutdown`](Self::Shutdown) are
     /// final).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Shutdown)
+        !matches!(
+            self,
+            Self::NoAddresses(_) | Self::WrongPeer { .. } | Self::Shutdown
+        )
     }
 
     fn from_swarm(peer: Option<PeerId>, error: &libp2p::swarm::DialError) -> Self {
         match (error, peer) {
             (libp2p::swarm::DialError::NoAddresses, Some(peer)) => Self::NoAddresses(peer),
+            (libp2p::swarm::DialError::WrongPeerId { obtained, .. }, Some(_)) => Self::WrongPeer {
+                obtained: *obtained,
+            },
             _ => Self::Failed(error.to_string()),
         }
     }
@@ -151,6 +184,8 @@ impl From<DialError> for OpenStreamError {
     fn from(e: DialError) -> Self {
         match e {
             DialError::Shutdown => Self::Shutdown,
+            DialError::NoAddresses(peer) => Self::NoAddresses(peer),
+            DialError::WrongPeer { obtained } => Self::WrongPeer { obtained },
             other => Self::Dial(other.to_string()),
         }
     }
@@ -776,6 +811,30 @@ impl StreamBehaviour {
         self.events.push_back(ToSwarm::Dial { opts });
     }
 
+    /// Forgets `address` as an address of `peer`. Returns whether the
+    /// peer still has addresses after it was dropped (none were there
+    /// before: false, so that a stale address supplied by another
+    /// behaviour cannot make the dials go round).
+    ///
+    /// The swarm itself keeps no address book (`Swarm::add_peer_address`
+    /// only tells the behaviours, which is how ours learns them), so
+    /// dropping it here is dropping it for our dials.
+    fn drop_stale_address(&mut self, peer: PeerId, address: &Multiaddr) -> bool {
+        let stale = strip_peer(address.clone(), peer);
+        let mut state = lock(&self.shared.state);
+        let Some(known) = state.addresses.get_mut(&peer) else {
+            return false;
+        };
+        let before = known.len();
+        known.retain(|a| *a != stale);
+        let dropped = known.len() < before;
+        let left = !known.is_empty();
+        if !left {
+            state.addresses.remove(&peer);
+        }
+        dropped && left
+    }
+
     fn fail_waiters(&mut self, peer: PeerId, error: DialError) {
         for open in self.pending_opens.remove(&peer).unwrap_or_default() {
             let _ = open.reply.send(Err(error.clone().into()));
@@ -849,6 +908,15 @@ impl StreamBehaviour {
             return;
         }
         if lock(&self.shared.state).connections.contains_key(&peer) {
+            return;
+        }
+        if let libp2p::swarm::DialError::WrongPeerId { obtained, address } = error
+            && self.drop_stale_address(peer, address)
+        {
+            // Another identity answers there: the address is stale. The
+            // peer's other addresses may still be good; try them.
+            tracing::debug!(%peer, %obtained, %address, "dropped an address answering with another peer id; dialing the others");
+            self.ensure_dial(peer);
             return;
         }
         tracing::debug!(%peer, %error, "dial failed");

@@ -62,7 +62,7 @@ pub use behaviour::{
     AlreadyRegistered, Connect, Control, DialError, IncomingStreams, OpenStream, OpenStreamError,
     StreamBehaviour,
 };
-pub use client::{ClosestOptions, Response};
+pub use client::{ClosestOptions, RequestErrorExt, Response};
 pub use conn::{ConnError, DEFAULT_CONN_TIMEOUT};
 pub use libp2p::{self, Multiaddr, PeerId, Stream, StreamProtocol};
 pub use node::{
