@@ -536,7 +536,18 @@ impl Failure {
     /// until they are mapped here.
     fn of(e: &RequestError) -> Failure {
         match e {
-            RequestError::ConnectFailed(_) | RequestError::ConnectTimeout => Failure::CannotConnect,
+            RequestError::ConnectFailed(_)
+            | RequestError::ConnectTimeout
+            | RequestError::NoAddress
+            | RequestError::WrongPeer { .. } => Failure::CannotConnect,
+            // Every node failed: their common class, if they share one.
+            RequestError::AllNodesFailed { failures } => {
+                let mut classes = failures.iter().map(|f| Failure::of(&f.error));
+                match classes.next() {
+                    Some(first) if classes.all(|c| c == first) => first,
+                    _ => Failure::Other,
+                }
+            }
             RequestError::Timeout
             | RequestError::ReadTimeout
             | RequestError::WriteTimeout
@@ -565,7 +576,9 @@ impl Failure {
     fn describe(self) -> &'static str {
         match self {
             Failure::Other => "another failure (local I/O, broken stream, oversize body, ...)",
-            Failure::CannotConnect => "cannot connect to the peer",
+            Failure::CannotConnect => {
+                "cannot connect to the peer (refused, no address, wrong peer id, connect timeout)"
+            }
             Failure::TimedOut => "timed out",
             Failure::Refused => {
                 "the remote refused (busy, shutting down, protocol not served, forbidden)"
@@ -663,6 +676,7 @@ fn fmt_server_metrics(m: &ServerMetrics) -> String {
 mod tests {
     use super::*;
     use pointsub_tokio::proto::Protocol as ProtoName;
+    use pointsub_tokio::proto::{NodeFailure, PeerKey};
 
     #[test]
     fn exit_codes_are_distinct_and_leave_0_and_2_alone() {
@@ -681,6 +695,47 @@ mod tests {
                 Failure::CannotConnect,
             ),
             (RequestError::ConnectTimeout, Failure::CannotConnect),
+            (RequestError::NoAddress, Failure::CannotConnect),
+            (
+                RequestError::WrongPeer {
+                    obtained: PeerKey::from(vec![7; 4]),
+                },
+                Failure::CannotConnect,
+            ),
+            (
+                RequestError::AllNodesFailed {
+                    failures: vec![
+                        NodeFailure {
+                            node: PeerKey::from(vec![1; 4]),
+                            error: RequestError::NoAddress,
+                        },
+                        NodeFailure {
+                            node: PeerKey::from(vec![2; 4]),
+                            error: RequestError::ConnectTimeout,
+                        },
+                    ],
+                },
+                Failure::CannotConnect,
+            ),
+            (
+                RequestError::AllNodesFailed {
+                    failures: vec![
+                        NodeFailure {
+                            node: PeerKey::from(vec![1; 4]),
+                            error: RequestError::NoAddress,
+                        },
+                        NodeFailure {
+                            node: PeerKey::from(vec![2; 4]),
+                            error: RequestError::Busy("full".into()),
+                        },
+                    ],
+                },
+                Failure::Other,
+            ),
+            (
+                RequestError::AllNodesFailed { failures: vec![] },
+                Failure::Other,
+            ),
             (RequestError::Timeout, Failure::TimedOut),
             (RequestError::ReadTimeout, Failure::TimedOut),
             (RequestError::WriteTimeout, Failure::TimedOut),
