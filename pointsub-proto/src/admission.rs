@@ -643,6 +643,27 @@ mod tests {
     }
 
     #[test]
+    fn requests_left_over_a_shrink_press_on_the_new_limit() {
+        let base = 20 * MS;
+        let mut a = with_baseline(cfg(1000, 100, 10_000), base);
+        for _ in 0..1000 {
+            a.try_admit(&peer(1)).unwrap();
+        }
+        for _ in 0..10 {
+            a.complete(&peer(1), 60 * MS);
+        }
+        assert_eq!(a.adjust().new, 900);
+        // 990 still active, over the new limit of 900: the next window
+        // starts pressed even before anything is admitted.
+        for _ in 0..10 {
+            a.complete(&peer(1), base);
+        }
+        let t = a.adjust();
+        assert!(t.pressed, "{t:?}");
+        assert_eq!(t.new, 930);
+    }
+
+    #[test]
     fn tolerance_one_shrinks_on_any_rise() {
         let base = 20 * MS;
         let mut a = with_baseline(
