@@ -265,10 +265,11 @@ impl Admission {
         let (min, max) = (self.cfg.min_limit, self.cfg.max_limit);
         let cap = step_delta(old, self.cfg.step);
         let allowed = base as f64 * self.cfg.latency_tolerance;
-        let new = if current as f64 > allowed {
+        let latency = current as f64;
+        let new = if latency > allowed {
             // The gradient: the limit at which latency would be back within
             // the tolerance if it scales with the queue.
-            let target = (old as f64 * allowed / current as f64).ceil() as usize;
+            let target = (old as f64 * allowed / latency).ceil() as usize;
             target.max(old.saturating_sub(cap)).max(min)
         } else if pressed {
             old + old.isqrt().min(cap)
