@@ -432,7 +432,7 @@ impl World {
             .with_max_concurrent_conns(initial)
             .with_min_concurrent_conns(min)
             .with_max_concurrent_limit(max)
-            .with_max_load_factor(rng.pick(&[0.5, 0.8, 0.95]))
+            .with_latency_tolerance(rng.pick(&[1.2, 1.5, 2.0]))
             .with_adjust_interval(Duration::from_nanos(rng.range(100 * MS, 2 * SEC)))
             .with_max_per_peer(max_per_peer)
             .with_read_timeout(Duration::from_nanos(rng.range(SEC, 30 * SEC)))
