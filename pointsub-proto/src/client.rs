@@ -4,7 +4,7 @@
 
 use crate::compress;
 use crate::config::ClientConfig;
-use crate::error::{ConfigError, RequestError, RouteError, Side};
+use crate::error::{ConfigError, NodeFailure, RequestError, RouteError, Side};
 use crate::frame::{self, Decoded, ErrorCode, Flags, FrameKind, MessageDecoder};
 use crate::metrics::{ClientMetrics, ConnectionInfo};
 use crate::pool::{Acquire, GrantKind, PoolStats, StreamPool};
@@ -93,16 +93,33 @@ pub struct Response {
     pub peer: PeerKey,
 }
 
-/// Why a stream could not be opened, as reported by the adapter.
+/// Why a stream could not be opened, as reported by the adapter. The
+/// adapter only says what happened; the core decides what follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OpenFailure {
-    /// The peer does not speak the protocol (negotiation failed): final.
+    /// The peer does not speak the protocol (negotiation failed): final
+    /// for this peer ([`RequestError::UnsupportedProtocol`]).
     UnsupportedProtocol,
-    /// The peer could not be reached: no address, dial error, connection lost.
+    /// The peer could not be reached: dial error, connection lost. Retried
+    /// ([`RequestError::ConnectFailed`]).
     Unreachable(String),
-    /// The transport gave up opening in time.
+    /// The transport gave up opening in time. Retried
+    /// ([`RequestError::ConnectTimeout`]).
     Timeout,
+    /// No address of the peer is known: final for this peer
+    /// ([`RequestError::NoAddress`]).
+    NoAddress,
+    /// The peer's addresses answered with another identity, and no other
+    /// address is left to try: final for this peer
+    /// ([`RequestError::WrongPeer`]).
+    WrongPeer {
+        /// The identity that answered.
+        obtained: PeerKey,
+    },
+    /// The local node has shut down: the client closes, and every request
+    /// ends with [`RequestError::Closed`].
+    LocalShutdown,
 }
 
 /// What the client needs the adapter to do, or tells it.
@@ -161,6 +178,38 @@ struct Req {
     live: Vec<u64>,
     retry_at: Option<Instant>,
     deadline: Option<Instant>,
+    /// Send-closest: each node that failed so far, with its last failure,
+    /// in the order first tried.
+    failures: Vec<NodeFailure>,
+    /// Send-closest: nodes ruled out for the rest of the request.
+    ruled_out: BTreeSet<PeerKey>,
+}
+
+impl Req {
+    fn record_failure(&mut self, node: &PeerKey, err: &RequestError) {
+        match self.failures.iter_mut().find(|f| f.node == *node) {
+            Some(f) => f.error = err.clone(),
+            None => self.failures.push(NodeFailure {
+                node: node.clone(),
+                error: err.clone(),
+            }),
+        }
+        if err.is_final_for_node() {
+            self.ruled_out.insert(node.clone());
+        }
+    }
+
+    /// The node the next attempt goes to, skipping nodes ruled out;
+    /// `None` when every node of a send-closest is ruled out.
+    fn peek_node(&self) -> Option<(PeerKey, usize)> {
+        match &self.target {
+            Target::Peer(p) => Some((p.clone(), 0)),
+            Target::Closest { order, next } => (0..order.len())
+                .map(|i| next + i)
+                .map(|i| (order[i % order.len()].clone(), i + 1))
+                .find(|(n, _)| !self.ruled_out.contains(n)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -486,6 +535,14 @@ impl Client {
             },
             OpenFailure::Unreachable(msg) => RequestError::ConnectFailed(msg),
             OpenFailure::Timeout => RequestError::ConnectTimeout,
+            OpenFailure::NoAddress => RequestError::NoAddress,
+            OpenFailure::WrongPeer { obtained } => RequestError::WrongPeer { obtained },
+            OpenFailure::LocalShutdown => {
+                // Nothing can be sent from a node that is gone: end every
+                // request now rather than after its retries.
+                self.close(now);
+                return;
+            }
         };
         self.fail_stream(stream, err.clone(), err, false, now);
     }
@@ -680,6 +737,8 @@ impl Client {
                 live: Vec::new(),
                 retry_at: None,
                 deadline,
+                failures: Vec::new(),
+                ruled_out: BTreeSet::new(),
             },
         );
         if let Some(d) = deadline {
@@ -702,14 +761,14 @@ impl Client {
         let Some(req) = self.requests.get_mut(&id) else {
             return;
         };
-        let node = match &mut req.target {
-            Target::Peer(p) => p.clone(),
-            Target::Closest { order, next } => {
-                let n = order[*next % order.len()].clone();
-                *next += 1;
-                n
-            }
+        let Some((node, after)) = req.peek_node() else {
+            let failures = std::mem::take(&mut req.failures);
+            self.finish(id, Err(RequestError::AllNodesFailed { failures }), now);
+            return;
         };
+        if let Target::Closest { next, .. } = &mut req.target {
+            *next = after;
+        }
         req.attempts += 1;
         if req.attempts > 1 {
             self.metrics.retries += 1;
@@ -1015,33 +1074,49 @@ impl Client {
             return;
         };
         let closest = matches!(req.target, Target::Closest { .. });
-        // A node of the set that does not serve the protocol is a node
-        // fault for routing: the next closest may well serve it.
-        let unserved = closest && matches!(err, RequestError::UnsupportedProtocol(_));
-        if closest && (err.is_retryable() || unserved) {
+        // A node of the set that does not serve the protocol, has no
+        // address or answers with another identity is a node fault for
+        // routing: the next closest may well do better. Such a node is
+        // ruled out for the rest of the request.
+        let final_for_node = closest && err.is_final_for_node();
+        if closest && (err.is_retryable() || final_for_node) {
             self.router.record_failure(&a.node, now);
-        }
-        if !req.live.is_empty() {
-            return; // a hedged sibling may still answer
         }
         let auto = match err {
             RequestError::ReadTimeout => self.cfg.retry_on_read_timeout,
             RequestError::PoolTimeout => false,
-            RequestError::UnsupportedProtocol(_) => unserved,
+            ref e if e.is_final_for_node() => final_for_node,
             ref e => e.is_retryable(),
         };
+        if closest && auto {
+            req.record_failure(&a.node, &err);
+        }
+        if !req.live.is_empty() {
+            return; // a hedged sibling may still answer
+        }
         let budget_left = req.attempts <= self.cfg.max_retries;
-        if !(auto && budget_left) {
+        if !auto {
+            self.finish(a.req, Err(err), now);
+            return;
+        }
+        let next = req.peek_node();
+        if !budget_left || next.is_none() {
+            let err = if closest {
+                RequestError::AllNodesFailed {
+                    failures: std::mem::take(&mut req.failures),
+                }
+            } else {
+                err
+            };
             self.finish(a.req, Err(err), now);
             return;
         }
         // Failover to a different node goes at once; retrying the same node waits.
-        let next_differs = match &req.target {
-            Target::Peer(_) => false,
-            Target::Closest { order, next } => {
-                let n = &order[*next % order.len()];
-                *n != a.node && !self.router.is_cooling(n, now)
+        let next_differs = match (&req.target, next) {
+            (Target::Closest { .. }, Some((n, _))) => {
+                n != a.node && !self.router.is_cooling(&n, now)
             }
+            _ => false,
         };
         if next_differs {
             self.start_attempt(a.req, now);

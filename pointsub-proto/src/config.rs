@@ -209,18 +209,24 @@ pub struct ServerConfig {
     pub read_timeout: Duration,
     /// Time allowed for a stream's pending writes to make progress (30 s).
     pub write_timeout: Duration,
-    /// Initial admission limit: requests handled at once (1000).
+    /// Initial admission limit: requests handled at once (1000). The limit
+    /// then adapts (see [`crate::admission`]): it grows only while requests
+    /// fill it and their latency stays within `latency_tolerance` of its
+    /// baseline, and shrinks when latency rises above that.
     pub max_concurrent_conns: usize,
     /// Lowest the admission limit may fall to under load (100).
     pub min_concurrent_conns: usize,
     /// Highest the admission limit may grow to (10000).
     pub max_concurrent_limit: usize,
-    /// Load factor (active / limit) above which the limit shrinks by `adjust_step` (0.8);
-    /// below half of it the limit grows by `adjust_step`.
-    pub max_load_factor: f64,
-    /// Fraction by which the limit moves per adjustment (0.10).
+    /// Largest fraction by which the limit moves per adjustment (0.10). It
+    /// grows by `sqrt(limit)` and shrinks by the latency gradient, both
+    /// capped by this.
     pub adjust_step: f64,
-    /// How often the admission limit is re-evaluated (1 s).
+    /// How far the mean latency (admission to answer) may rise above its
+    /// baseline before the limit shrinks (1.5: 50 % above). At least 1.
+    pub latency_tolerance: f64,
+    /// How often the admission limit is re-evaluated (1 s): the window over
+    /// which latency and demand are measured.
     pub adjust_interval: Duration,
     /// Requests one peer may have handled at once, so no peer takes the whole limit (500).
     pub max_per_peer: usize,
@@ -246,8 +252,8 @@ impl Default for ServerConfig {
             max_concurrent_conns: 1000,
             min_concurrent_conns: 100,
             max_concurrent_limit: 10_000,
-            max_load_factor: 0.8,
             adjust_step: 0.10,
+            latency_tolerance: 1.5,
             adjust_interval: Duration::from_secs(1),
             max_per_peer: 500,
             max_streams_per_peer: 256,
@@ -271,10 +277,10 @@ builders!(ServerConfig {
     with_min_concurrent_conns: min_concurrent_conns: usize,
     /// Sets [`ServerConfig::max_concurrent_limit`].
     with_max_concurrent_limit: max_concurrent_limit: usize,
-    /// Sets [`ServerConfig::max_load_factor`].
-    with_max_load_factor: max_load_factor: f64,
     /// Sets [`ServerConfig::adjust_step`].
     with_adjust_step: adjust_step: f64,
+    /// Sets [`ServerConfig::latency_tolerance`].
+    with_latency_tolerance: latency_tolerance: f64,
     /// Sets [`ServerConfig::adjust_interval`].
     with_adjust_interval: adjust_interval: Duration,
     /// Sets [`ServerConfig::max_per_peer`].
@@ -316,8 +322,11 @@ impl ServerConfig {
                 "must not exceed max_concurrent_limit",
             ));
         }
-        if !(self.max_load_factor > 0.0 && self.max_load_factor <= 1.0) {
-            return Err(ConfigError::new("max_load_factor", "must be in (0, 1]"));
+        if !(self.latency_tolerance >= 1.0 && self.latency_tolerance.is_finite()) {
+            return Err(ConfigError::new(
+                "latency_tolerance",
+                "must be finite and at least 1",
+            ));
         }
         if !(self.adjust_step > 0.0 && self.adjust_step < 1.0) {
             return Err(ConfigError::new("adjust_step", "must be in (0, 1)"));
@@ -330,8 +339,8 @@ impl ServerConfig {
             initial_limit: self.max_concurrent_conns,
             min_limit: self.min_concurrent_conns,
             max_limit: self.max_concurrent_limit,
-            max_load_factor: self.max_load_factor,
             step: self.adjust_step,
+            latency_tolerance: self.latency_tolerance,
             max_per_peer: self.max_per_peer,
         }
     }
@@ -361,6 +370,8 @@ mod tests {
         assert_eq!(s.max_concurrent_limit, 10_000);
         assert_eq!(s.cleanup_interval, Duration::from_secs(300));
         assert_eq!(s.buffer_pool_size, 4096);
+        assert_eq!(s.adjust_step, 0.10);
+        assert_eq!(s.latency_tolerance, 1.5);
         s.validate().unwrap();
     }
 
@@ -376,11 +387,17 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(e.option, "max_block_size");
-        let e = ServerConfig::default()
-            .with_max_load_factor(1.5)
+        for bad in [0.9, f64::NAN, f64::INFINITY] {
+            let e = ServerConfig::default()
+                .with_latency_tolerance(bad)
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.option, "latency_tolerance");
+        }
+        ServerConfig::default()
+            .with_latency_tolerance(1.0)
             .validate()
-            .unwrap_err();
-        assert_eq!(e.option, "max_load_factor");
+            .unwrap();
         let e = ServerConfig::default()
             .with_max_per_peer(0)
             .validate()

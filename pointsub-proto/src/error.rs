@@ -2,10 +2,10 @@
 //! may help (`is_retryable`), which is what the client's retry policy and the
 //! adapters' callers decide on.
 
-use crate::Protocol;
 pub use crate::compress::DecompressError;
 pub use crate::frame::FrameError;
 pub use crate::route::RouteError;
+use crate::{PeerKey, Protocol};
 
 /// Which side of the exchange enforced a size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +24,9 @@ pub enum RequestError {
     /// The destination is this node itself; a client cannot send to itself.
     #[error("cannot send a request to the local node")]
     SelfSend,
-    /// The client was closed before the request ended.
+    /// The client was closed, or the node it sends from shut down, before
+    /// the request ended. Final: nothing this client does can succeed any
+    /// more.
     #[error("client closed")]
     Closed,
     /// The caller cancelled the request.
@@ -43,10 +45,30 @@ pub enum RequestError {
     /// Opening a stream to the peer did not finish within the connect timeout.
     #[error("connect timeout: no stream to the peer within the connect timeout")]
     ConnectTimeout,
-    /// The peer could not be reached (no address, dial failed, connection lost while opening).
+    /// The peer could not be reached: the dial failed (refused,
+    /// unreachable, handshake error) or the connection was lost while the
+    /// stream was opening. The text is the transport's description.
+    /// Retryable: the peer may come back.
     #[error("connect failed: {0}")]
     ConnectFailed(String),
-    /// The peer does not serve this protocol.
+    /// No address of the peer is known, so it could not even be dialed.
+    /// Final until an address is added (e.g. `Node::add_address`).
+    #[error("no known address for the peer")]
+    NoAddress,
+    /// Every known address of the peer answered with another identity
+    /// (libp2p's "Unexpected peer ID"): the addresses are stale. They were
+    /// dropped from the address book; final until a good address is added.
+    #[error("the peer's addresses answer with another peer id")]
+    WrongPeer {
+        /// The identity the last address answered with.
+        obtained: PeerKey,
+    },
+    /// The peer does not serve this protocol: it never did, or it stopped
+    /// it. A server that has *fully* stopped a protocol looks on the wire
+    /// exactly like one that never served it (negotiation answers "na"),
+    /// so a request arriving after the stop ends here. Final for this peer;
+    /// `send_closest` fails over to the next node. While the server is
+    /// still draining, the answer is [`RequestError::ShuttingDown`] instead.
     #[error("protocol {0} not supported by the peer")]
     UnsupportedProtocol(Protocol),
     /// The protocol name is not one a transport can carry (libp2p names
@@ -71,7 +93,10 @@ pub enum RequestError {
     /// The server is at its admission limit and shed the request.
     #[error("server busy: {0}")]
     Busy(String),
-    /// The server is shutting down and refused or abandoned the request.
+    /// The server is shutting down (draining: it still finishes the
+    /// requests it had) and refused or abandoned this one. Retryable, and
+    /// `send_closest` fails over to the next node. Once the stop is
+    /// complete, the same peer answers [`RequestError::UnsupportedProtocol`].
     #[error("server shutting down")]
     ShuttingDown,
     /// The server's handler returned an error; its message is carried here.
@@ -94,21 +119,68 @@ pub enum RequestError {
     /// Closest-node routing could not pick a node.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// `send_closest` tried nodes until none was left to try (or the retry
+    /// budget ran out), and every one it tried failed. Each node appears
+    /// once, in the order it was first tried, with its last failure.
+    #[error("every node failed: {}", summary(.failures))]
+    AllNodesFailed {
+        /// Each node tried, with why it failed.
+        failures: Vec<NodeFailure>,
+    },
+}
+
+/// One node's failure within a `send_closest` request, in
+/// [`RequestError::AllNodesFailed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFailure {
+    /// The node.
+    pub node: PeerKey,
+    /// Its last failure.
+    pub error: RequestError,
+}
+
+fn summary(failures: &[NodeFailure]) -> String {
+    let parts: Vec<String> = failures
+        .iter()
+        .map(|f| format!("{:?}: {}", f.node, f.error))
+        .collect();
+    parts.join("; ")
 }
 
 impl RequestError {
     /// Whether sending the same request again (later, or to another node) may succeed.
+    ///
+    /// [`RequestError::AllNodesFailed`] is retryable when at least one of
+    /// its nodes failed in a retryable way.
     pub fn is_retryable(&self) -> bool {
+        match self {
+            RequestError::AllNodesFailed { failures } => {
+                failures.iter().any(|f| f.error.is_retryable())
+            }
+            _ => matches!(
+                self,
+                RequestError::ConnectTimeout
+                    | RequestError::ConnectFailed(_)
+                    | RequestError::WriteTimeout
+                    | RequestError::ReadTimeout
+                    | RequestError::StreamReset
+                    | RequestError::Busy(_)
+                    | RequestError::ShuttingDown
+                    | RequestError::PoolTimeout
+            ),
+        }
+    }
+
+    /// Whether this failure rules the node out for the rest of a
+    /// `send_closest` request, though another node may well succeed: it
+    /// does not serve the protocol, has no address, or its addresses belong
+    /// to someone else.
+    pub fn is_final_for_node(&self) -> bool {
         matches!(
             self,
-            RequestError::ConnectTimeout
-                | RequestError::ConnectFailed(_)
-                | RequestError::WriteTimeout
-                | RequestError::ReadTimeout
-                | RequestError::StreamReset
-                | RequestError::Busy(_)
-                | RequestError::ShuttingDown
-                | RequestError::PoolTimeout
+            RequestError::UnsupportedProtocol(_)
+                | RequestError::NoAddress
+                | RequestError::WrongPeer { .. }
         )
     }
 
@@ -121,6 +193,8 @@ impl RequestError {
             RequestError::Oversize { .. } => "oversize",
             RequestError::ConnectTimeout => "connect_timeout",
             RequestError::ConnectFailed(_) => "connect_failed",
+            RequestError::NoAddress => "no_address",
+            RequestError::WrongPeer { .. } => "wrong_peer",
             RequestError::UnsupportedProtocol(_) => "unsupported_protocol",
             RequestError::InvalidProtocol(_) => "invalid_protocol",
             RequestError::WriteTimeout => "write_timeout",
@@ -135,6 +209,7 @@ impl RequestError {
             RequestError::Remote { .. } => "remote",
             RequestError::Protocol(_) => "protocol",
             RequestError::Route(_) => "route",
+            RequestError::AllNodesFailed { .. } => "all_nodes_failed",
         }
     }
 }

@@ -44,7 +44,7 @@ mod transmit;
 
 pub use client::{Client, ClientEvent, ClosestOptions, OpenFailure, Response, SendOptions};
 pub use config::{ClientConfig, ServerConfig};
-pub use error::{ConfigError, RequestError, ServerError};
+pub use error::{ConfigError, NodeFailure, RequestError, ServerError};
 pub use ids::{PeerKey, Protocol, RequestId, StreamId};
 pub use metrics::{ClientMetrics, ConnectionInfo, ServerMetrics};
 pub use server::{Server, ServerEvent};

@@ -67,6 +67,13 @@ pub struct ServerMetrics {
     pub rejected_busy: u64,
     /// Requests handed to handlers and not answered yet.
     pub active: u64,
+    /// The admission limit in force: requests handled at once before the
+    /// next one gets Busy. It adapts to latency and demand (see
+    /// [`crate::admission`]).
+    pub admission_limit: u64,
+    /// The latency baseline admission compares with (admission to answer);
+    /// `None` until a request was answered.
+    pub latency_baseline: Option<std::time::Duration>,
     /// Bytes received.
     pub bytes_read: u64,
     /// Bytes handed out for writing.

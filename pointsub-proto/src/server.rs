@@ -59,6 +59,8 @@ pub enum ServerEvent {
 
 struct Handling {
     peer: PeerKey,
+    /// When admission let it in: its latency sample runs from here.
+    admitted_at: Instant,
     accept_deflate: bool,
     cancelled: bool,
 }
@@ -165,6 +167,8 @@ impl Server {
     pub fn metrics(&self) -> ServerMetrics {
         let mut m = self.metrics.clone();
         m.active = self.handling.len() as u64;
+        m.admission_limit = self.admission.limit() as u64;
+        m.latency_baseline = self.admission.baseline();
         m
     }
 
@@ -279,7 +283,8 @@ impl Server {
         let Some(h) = self.handling.remove(&(stream, request_id)) else {
             return; // answered already, or abandoned at shutdown
         };
-        self.admission.release(&h.peer);
+        self.admission
+            .complete(&h.peer, now.saturating_duration_since(h.admitted_at));
         let alive = self.streams.contains_key(&stream);
         if let Some(s) = self.streams.get_mut(&stream) {
             s.handling -= 1;
@@ -410,7 +415,7 @@ impl Server {
                 Ok(None) => break,
                 Ok(Some(Decoded::Message(m))) => match m.kind {
                     FrameKind::Request => {
-                        self.on_request(stream, m.request_id, m.accept_deflate, m.body)
+                        self.on_request(stream, m.request_id, m.accept_deflate, m.body, now)
                     }
                     FrameKind::Cancel => self.on_cancel(stream, m.request_id),
                     FrameKind::Response | FrameKind::Error => {
@@ -544,7 +549,14 @@ impl Server {
         );
     }
 
-    fn on_request(&mut self, stream: StreamId, id: u64, accept_deflate: bool, body: Bytes) {
+    fn on_request(
+        &mut self,
+        stream: StreamId,
+        id: u64,
+        accept_deflate: bool,
+        body: Bytes,
+        now: Instant,
+    ) {
         let Some(s) = self.streams.get(&stream) else {
             return;
         };
@@ -594,6 +606,7 @@ impl Server {
             (stream, id),
             Handling {
                 peer: peer.clone(),
+                admitted_at: now,
                 accept_deflate,
                 cancelled: false,
             },

@@ -436,13 +436,15 @@ proptest! {
 enum AdmitOp {
     Admit(u8),
     Release(u8),
+    Complete(u8, u64),
     Adjust,
 }
 
 fn admit_op() -> impl Strategy<Value = AdmitOp> {
     prop_oneof![
         5 => (0u8..4).prop_map(AdmitOp::Admit),
-        3 => (0u8..5).prop_map(AdmitOp::Release),
+        2 => (0u8..5).prop_map(AdmitOp::Release),
+        2 => (0u8..5, 1u64..200).prop_map(|(p, ms)| AdmitOp::Complete(p, ms)),
         1 => Just(AdmitOp::Adjust),
     ]
 }
@@ -493,8 +495,13 @@ proptest! {
                         }
                     }
                 }
-                AdmitOp::Release(p) => {
-                    a.release(&PeerKey::from(vec![p]));
+                AdmitOp::Release(p) | AdmitOp::Complete(p, _) => {
+                    match op {
+                        AdmitOp::Complete(_, ms) => {
+                            a.complete(&PeerKey::from(vec![p]), Duration::from_millis(ms))
+                        }
+                        _ => a.release(&PeerKey::from(vec![p])),
+                    }
                     if let Some(n) = model.get_mut(&p) {
                         *n -= 1;
                         if *n == 0 {
@@ -503,9 +510,17 @@ proptest! {
                     }
                 }
                 AdmitOp::Adjust => {
-                    if let Some((old, new)) = a.adjust() {
-                        prop_assert_ne!(old, new);
-                        prop_assert_eq!(new, a.limit());
+                    let t = a.adjust();
+                    prop_assert_eq!(t.new, a.limit());
+                    // Never more than the step (at least 1) per tick.
+                    let cap = ((t.old as f64 * a.config().step) as usize).max(1);
+                    prop_assert!(t.new.abs_diff(t.old) <= cap, "{:?}", t);
+                    // No evidence, no change; growth only under pressure.
+                    if t.samples == 0 {
+                        prop_assert_eq!(t.new, t.old);
+                    }
+                    if t.new > t.old {
+                        prop_assert!(t.pressed, "{:?}", t);
                     }
                 }
             }

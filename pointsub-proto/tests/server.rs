@@ -7,6 +7,7 @@ use common::*;
 use pointsub_proto::frame::{ErrorCode, Flags, FrameKind};
 use pointsub_proto::{Protocol, Server, ServerConfig, ServerError, ServerEvent, StreamId};
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 fn request_ids(events: &[ServerEvent]) -> Vec<u64> {
     events
@@ -122,8 +123,22 @@ fn stalled_writes_reset_the_stream() {
     );
 }
 
+/// Admits `n` requests on `st` now, answers them all `latency` later.
+fn served_window(r: &mut ServerRig, st: StreamId, n: u64, latency: u64) {
+    let t0 = r.now;
+    for id in 1..=n {
+        r.request(st, id, b"w");
+    }
+    assert_eq!(request_ids(&r.events()).len() as u64, n, "all admitted");
+    r.now = t0 + Duration::from_millis(latency);
+    for id in 1..=n {
+        r.s.respond(st, id, Ok(Bytes::new()), r.now);
+    }
+    r.sent();
+}
+
 #[test]
-fn adjust_tick_moves_the_limit_by_ten_percent_within_bounds() {
+fn admission_limit_follows_latency_and_demand_on_its_tick() {
     let mut r = ServerRig::new(
         ServerConfig::default()
             .with_max_concurrent_conns(200)
@@ -132,54 +147,67 @@ fn adjust_tick_moves_the_limit_by_ten_percent_within_bounds() {
     );
     let st = r.inbound("a");
     assert_eq!(r.s.poll_timeout(), Some(ms(1000)));
-    for id in 1..=170 {
-        r.request(st, id, b"w");
-    }
-    assert_eq!(r.events().len(), 170);
-    r.advance(ms(999));
-    assert_eq!(r.s.admission_limit(), 200);
-    // Load 170/200 > 0.8: shrink 10 %.
+    assert_eq!(r.s.metrics().admission_limit, 200);
+    assert_eq!(r.s.metrics().latency_baseline, None);
+    // Idle tick: nothing moves.
     r.advance(ms(1000));
-    assert_eq!(r.s.admission_limit(), 180);
+    assert_eq!(r.s.admission_limit(), 200);
     assert_eq!(r.s.poll_timeout(), Some(ms(2000)));
+    // Light load, 20 ms per request: the limit holds, the baseline is learnt.
+    served_window(&mut r, st, 10, 20);
+    r.advance(ms(1999));
+    assert_eq!(r.s.admission_limit(), 200);
     r.advance(ms(2000));
-    assert_eq!(r.s.admission_limit(), 162);
-    // Keeps shrinking, never below the minimum.
-    let mut t = 2000;
-    let mut last = 162;
+    assert_eq!(r.s.admission_limit(), 200);
+    assert_eq!(
+        r.s.metrics().latency_baseline,
+        Some(Duration::from_millis(20))
+    );
+    // Demand fills the limit, latency healthy: + sqrt(200) = 14.
+    served_window(&mut r, st, 200, 20);
+    r.advance(ms(3000));
+    assert_eq!(r.s.admission_limit(), 214);
+    assert_eq!(r.s.metrics().admission_limit, 214);
+    // Requests now take 60 ms against 30 ms allowed: the gradient halves
+    // the limit, the 10 % cap makes it 214 - 21.
+    served_window(&mut r, st, 214, 60);
+    r.advance(ms(4000));
+    assert_eq!(r.s.admission_limit(), 193);
+    // Still slow: shrinks by at most 10 % a tick, never below the minimum.
+    let mut t = 4000;
+    let mut last = 193;
     for _ in 0..10 {
+        served_window(&mut r, st, last as u64, 60);
         t += 1000;
         r.advance(ms(t));
         let l = r.s.admission_limit();
         assert!(
-            l >= 100 && l <= last && last - l <= last.div_ceil(10),
+            l >= 100 && l <= last && last - l <= last / 10,
             "{last} -> {l}"
         );
         last = l;
     }
     assert_eq!(last, 100);
-    // Load 0.6 (between 0.4 and 0.8): unchanged.
-    for id in 61..=170 {
-        r.s.respond(st, id, Ok(Bytes::new()), r.now);
-    }
-    assert_eq!(r.s.active(), 60);
-    t += 1000;
-    r.advance(ms(t));
-    assert_eq!(r.s.admission_limit(), 100);
-    // Load below 0.4: grow 10 %, up to the maximum.
-    for id in 1..=60 {
-        r.s.respond(st, id, Ok(Bytes::new()), r.now);
-    }
+    // Fast again under full demand: grows back, up to the maximum.
     let mut seen = Vec::new();
     for _ in 0..12 {
+        let limit = r.s.admission_limit() as u64;
+        served_window(&mut r, st, limit, 20);
         t += 1000;
         r.advance(ms(t));
         seen.push(r.s.admission_limit());
     }
-    assert_eq!(seen[..3], [110, 121, 134]);
+    assert_eq!(seen[..3], [110, 120, 130]);
     assert_eq!(*seen.last().unwrap(), 240);
     assert!(seen.windows(2).all(|w| w[0] <= w[1] && w[1] <= 240));
     assert_eq!(r.s.admission_limit_range(), (100, 240));
+    // Light load again: it stays where it is.
+    for _ in 0..5 {
+        served_window(&mut r, st, 20, 20);
+        t += 1000;
+        r.advance(ms(t));
+    }
+    assert_eq!(r.s.admission_limit(), 240);
 }
 
 #[test]

@@ -77,6 +77,16 @@
 //! failing handlers a message naming the tag. A response delivered to the
 //! wrong request is therefore always detected.
 //!
+//! ## A server with a capacity
+//!
+//! [`capacity`] runs a second, focused scenario: one server whose handlers
+//! have a capacity (C workers, service time S, a FIFO queue behind them)
+//! under open-loop arrivals in phases (idle, light, ten times capacity,
+//! recovery), to show how the adaptive admission limit behaves: it does not
+//! rise on an idle or light server, it falls under overload so admitted
+//! requests keep their latency while the excess gets Busy, and it grows back
+//! when demand needs it. Its tests are in `tests/capacity.rs`.
+//!
 //! ## Phases
 //!
 //! 1. **Safety**: the workload with faults; invariants after every step.
@@ -132,6 +142,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod capacity;
 mod options;
 mod report;
 pub mod trace;

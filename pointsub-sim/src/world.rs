@@ -432,7 +432,7 @@ impl World {
             .with_max_concurrent_conns(initial)
             .with_min_concurrent_conns(min)
             .with_max_concurrent_limit(max)
-            .with_max_load_factor(rng.pick(&[0.5, 0.8, 0.95]))
+            .with_latency_tolerance(rng.pick(&[1.2, 1.5, 2.0]))
             .with_adjust_interval(Duration::from_nanos(rng.range(100 * MS, 2 * SEC)))
             .with_max_per_peer(max_per_peer)
             .with_read_timeout(Duration::from_nanos(rng.range(SEC, 30 * SEC)))
@@ -1730,31 +1730,7 @@ impl World {
                     self.fail("liveness", d);
                     return;
                 }
-                let legit = match &e {
-                    RequestError::Cancelled => req.cancelled,
-                    RequestError::Timeout => req.deadline.is_some_and(|d| self.now >= d),
-                    RequestError::Handler(msg) => *msg == body::failure_message(&req.body),
-                    RequestError::Oversize {
-                        size,
-                        limit,
-                        side: Side::Remote,
-                    } => {
-                        *size == req.body.len()
-                            && req.body.len() > *limit
-                            && self.serving[req.proto as usize]
-                                .iter()
-                                .any(|&s| self.nodes[s as usize].scfg.max_block_size == *limit)
-                    }
-                    RequestError::UnsupportedProtocol(_) => req.expect_unsupported,
-                    RequestError::ConnectTimeout
-                    | RequestError::ConnectFailed(_)
-                    | RequestError::WriteTimeout
-                    | RequestError::ReadTimeout
-                    | RequestError::StreamReset
-                    | RequestError::Busy(_)
-                    | RequestError::PoolTimeout => true,
-                    _ => false,
-                };
+                let legit = self.legit_error(&req, &e);
                 if !legit {
                     let d = format!(
                         "node {n}: {id} (tag {:x}, {} bytes) ended with {e:?}, which nothing in the run explains",
@@ -1764,6 +1740,42 @@ impl World {
                     self.fail("typed outcome", d);
                 }
             }
+        }
+    }
+
+    /// Whether an error ending `req` is one the run explains.
+    fn legit_error(&self, req: &ReqInfo, e: &RequestError) -> bool {
+        match e {
+            RequestError::Cancelled => req.cancelled,
+            RequestError::Timeout => req.deadline.is_some_and(|d| self.now >= d),
+            RequestError::Handler(msg) => *msg == body::failure_message(&req.body),
+            RequestError::Oversize {
+                size,
+                limit,
+                side: Side::Remote,
+            } => {
+                *size == req.body.len()
+                    && req.body.len() > *limit
+                    && self.serving[req.proto as usize]
+                        .iter()
+                        .any(|&s| self.nodes[s as usize].scfg.max_block_size == *limit)
+            }
+            RequestError::UnsupportedProtocol(_) => req.expect_unsupported,
+            RequestError::ConnectTimeout
+            | RequestError::ConnectFailed(_)
+            | RequestError::WriteTimeout
+            | RequestError::ReadTimeout
+            | RequestError::StreamReset
+            | RequestError::Busy(_)
+            | RequestError::PoolTimeout => true,
+            // Every node a send-closest tried failed, each for a reason
+            // the run explains.
+            RequestError::AllNodesFailed { failures } => {
+                req.closest.is_some()
+                    && !failures.is_empty()
+                    && failures.iter().all(|f| self.legit_error(req, &f.error))
+            }
+            _ => false,
         }
     }
 

@@ -98,10 +98,20 @@ pub enum OpenStreamError {
     /// peer will not help until it registers the protocol).
     #[error("remote peer does not support protocol {0}")]
     UnsupportedProtocol(StreamProtocol),
-    /// No connection to the peer could be made (including: no known
-    /// address).
+    /// No connection to the peer could be made; the text is libp2p's
+    /// description of the dial failure.
     #[error("could not connect to peer: {0}")]
     Dial(String),
+    /// No address of the peer is known (final until one is added).
+    #[error("no known address for peer {0}")]
+    NoAddresses(PeerId),
+    /// Every known address of the peer answered with another identity;
+    /// they were dropped (final until a good address is added).
+    #[error("the peer's addresses answer as another peer, {obtained}")]
+    WrongPeer {
+        /// The identity the last address answered with.
+        obtained: PeerId,
+    },
     /// The connection closed before the stream was open.
     #[error("connection closed before the stream was open")]
     ConnectionClosed,
@@ -127,10 +137,17 @@ pub enum OpenStreamError {
 
 impl OpenStreamError {
     /// Whether trying again (later, or over another connection) may
-    /// succeed. [`UnsupportedProtocol`](Self::UnsupportedProtocol) and
-    /// [`Shutdown`](Self::Shutdown) are final.
+    /// succeed. [`UnsupportedProtocol`](Self::UnsupportedProtocol),
+    /// [`NoAddresses`](Self::NoAddresses), [`WrongPeer`](Self::WrongPeer)
+    /// and [`Shutdown`](Self::Shutdown) are final.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::UnsupportedProtocol(_) | Self::Shutdown)
+        !matches!(
+            self,
+            Self::UnsupportedProtocol(_)
+                | Self::NoAddresses(_)
+                | Self::WrongPeer { .. }
+                | Self::Shutdown
+        )
     }
 }
 
@@ -139,9 +156,18 @@ impl OpenStreamError {
 #[non_exhaustive]
 pub enum DialError {
     /// Neither [`Control::add_address`] nor the swarm knows an address of
-    /// the peer.
+    /// the peer (final until one is added).
     #[error("no known address for peer {0}")]
     NoAddresses(PeerId),
+    /// The peer's addresses answered with another identity (libp2p's
+    /// "Unexpected peer ID"). Each such address is dropped from the
+    /// address book and the peer's other addresses are tried; this is the
+    /// outcome once none is left (final until a good address is added).
+    #[error("the peer's addresses answer as another peer, {obtained}")]
+    WrongPeer {
+        /// The identity the last address answered with.
+        obtained: PeerId,
+    },
     /// Every dial attempt failed; the text is libp2p's description.
     #[error("dial failed: {0}")]
     Failed(String),
@@ -158,15 +184,22 @@ pub enum DialError {
 }
 
 impl DialError {
-    /// Whether dialing again may succeed ([`Shutdown`](Self::Shutdown) is
+    /// Whether dialing again may succeed ([`NoAddresses`](Self::NoAddresses),
+    /// [`WrongPeer`](Self::WrongPeer) and [`Shutdown`](Self::Shutdown) are
     /// final).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Shutdown)
+        !matches!(
+            self,
+            Self::NoAddresses(_) | Self::WrongPeer { .. } | Self::Shutdown
+        )
     }
 
     fn from_swarm(peer: Option<PeerId>, error: &libp2p::swarm::DialError) -> Self {
         match (error, peer) {
             (libp2p::swarm::DialError::NoAddresses, Some(peer)) => Self::NoAddresses(peer),
+            (libp2p::swarm::DialError::WrongPeerId { obtained, .. }, Some(_)) => Self::WrongPeer {
+                obtained: *obtained,
+            },
             _ => Self::Failed(error.to_string()),
         }
     }
@@ -177,6 +210,8 @@ impl From<DialError> for OpenStreamError {
         match e {
             DialError::Shutdown => Self::Shutdown,
             DialError::NotPolled { waited } => Self::NotPolled { waited },
+            DialError::NoAddresses(peer) => Self::NoAddresses(peer),
+            DialError::WrongPeer { obtained } => Self::WrongPeer { obtained },
             other => Self::Dial(other.to_string()),
         }
     }
@@ -246,6 +281,9 @@ struct State {
     /// Established connections per peer, oldest first.
     connections: BTreeMap<PeerId, Vec<ConnectionFacts>>,
     closed: bool,
+    /// Its node's `shutdown()` was called: the swarm is about to go, and
+    /// nothing new should start on it.
+    stopping: bool,
     /// How many times the behaviour has been polled (wrapping): what
     /// tells a request that waits whether the swarm is still running.
     polls: u64,
@@ -514,10 +552,19 @@ impl Control {
             .collect()
     }
 
-    /// Whether the behaviour has been dropped (its node shut down). Every
-    /// request fails with a `Shutdown` error from then on.
+    /// Whether the behaviour has been dropped (its swarm is gone), or its
+    /// node's `shutdown()` was called. Every request fails with a
+    /// `Shutdown` error from then on.
     pub fn is_shut_down(&self) -> bool {
-        self.shared.is_closed()
+        let state = lock(&self.shared.state);
+        state.closed || state.stopping
+    }
+
+    /// Marks the behaviour as going away: a node calls this from
+    /// `shutdown()`, before its swarm task has ended, so that new requests
+    /// fail at once instead of racing the swarm's end.
+    pub(crate) fn begin_shutdown(&self) {
+        lock(&self.shared.state).stopping = true;
     }
 
     /// The id of the swarm the behaviour runs in, as given to
@@ -965,6 +1012,30 @@ impl Behaviour {
         self.events.push_back(ToSwarm::Dial { opts });
     }
 
+    /// Forgets `address` as an address of `peer`. Returns whether the
+    /// peer still has addresses after it was dropped (none were there
+    /// before: false, so that a stale address supplied by another
+    /// behaviour cannot make the dials go round).
+    ///
+    /// The swarm itself keeps no address book (`Swarm::add_peer_address`
+    /// only tells the behaviours, which is how ours learns them), so
+    /// dropping it here is dropping it for our dials.
+    fn drop_stale_address(&mut self, peer: PeerId, address: &Multiaddr) -> bool {
+        let stale = strip_peer(address.clone(), peer);
+        let mut state = lock(&self.shared.state);
+        let Some(known) = state.addresses.get_mut(&peer) else {
+            return false;
+        };
+        let before = known.len();
+        known.retain(|a| *a != stale);
+        let dropped = known.len() < before;
+        let left = !known.is_empty();
+        if !left {
+            state.addresses.remove(&peer);
+        }
+        dropped && left
+    }
+
     fn fail_waiters(&mut self, peer: PeerId, error: DialError) {
         for open in self.pending_opens.remove(&peer).unwrap_or_default() {
             let _ = open.reply.send(Err(error.clone().into()));
@@ -1038,6 +1109,15 @@ impl Behaviour {
             return;
         }
         if lock(&self.shared.state).connections.contains_key(&peer) {
+            return;
+        }
+        if let libp2p::swarm::DialError::WrongPeerId { obtained, address } = error
+            && self.drop_stale_address(peer, address)
+        {
+            // Another identity answers there: the address is stale. The
+            // peer's other addresses may still be good; try them.
+            tracing::debug!(%peer, %obtained, %address, "dropped an address answering with another peer id; dialing the others");
+            self.ensure_dial(peer);
             return;
         }
         tracing::debug!(%peer, %error, "dial failed");

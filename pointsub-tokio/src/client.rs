@@ -21,7 +21,7 @@ use pointsub_proto::{
 };
 use tracing::Instrument;
 
-use crate::behaviour::OpenStreamError;
+use crate::behaviour::{Control, OpenStreamError};
 use crate::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
 use crate::host::Host;
 use crate::rt::Runtime;
@@ -94,6 +94,37 @@ impl ClosestOptions {
     }
 }
 
+/// Reads the peers in a [`RequestError`] back as libp2p [`PeerId`]s (the
+/// core knows peers only as [`PeerKey`] bytes).
+pub trait RequestErrorExt {
+    /// For [`RequestError::AllNodesFailed`]: each node tried, with its last
+    /// failure, in the order first tried. Empty for any other error.
+    fn node_failures(&self) -> Vec<(PeerId, RequestError)>;
+
+    /// For [`RequestError::WrongPeer`]: the identity that answered at the
+    /// peer's (stale) address. `None` for any other error.
+    fn obtained_peer(&self) -> Option<PeerId>;
+}
+
+impl RequestErrorExt for RequestError {
+    fn node_failures(&self) -> Vec<(PeerId, RequestError)> {
+        match self {
+            RequestError::AllNodesFailed { failures } => failures
+                .iter()
+                .filter_map(|f| Some((peer_id(&f.node)?, f.error.clone())))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn obtained_peer(&self) -> Option<PeerId> {
+        match self {
+            RequestError::WrongPeer { obtained } => peer_id(obtained),
+            _ => None,
+        }
+    }
+}
+
 /// The key the core knows a peer by.
 pub(crate) fn peer_key(peer: &PeerId) -> PeerKey {
     PeerKey::from(peer.to_bytes())
@@ -136,6 +167,8 @@ pub(crate) struct State {
     core: pointsub_proto::Client,
     plumbing: Plumbing,
     waiters: HashMap<RequestId, Waiter>,
+    /// The node's behaviour handle: tells whether the node has shut down.
+    control: Control,
 }
 
 /// A stream the core asked for.
@@ -190,6 +223,11 @@ impl<R: Runtime> Side<R> for State {
             self.plumbing.push(t, wakers);
         }
         self.plumbing.rearm(self.core.poll_timeout(), wakers);
+        if self.core.is_closed() && !self.plumbing.stopped {
+            // The core closed itself (its node shut down): stop as
+            // `Client::close` does.
+            self.plumbing.stop_all(wakers);
+        }
     }
 
     /// Opens a stream the core asked for, in the background.
@@ -198,6 +236,10 @@ impl<R: Runtime> Side<R> for State {
         let node = driver.node.clone();
         let span = tracing::debug_span!("open", stream = %req.stream, protocol = %req.protocol);
         let task = async move {
+            if host_shut_down(&node) {
+                opened(&this, req.stream, Err(OpenFailure::LocalShutdown));
+                return;
+            }
             let target = peer_id(&req.peer)
                 .ok_or_else(|| OpenFailure::Unreachable("peer key is not a libp2p PeerId".into()));
             let protocol = StreamProtocol::try_from_owned(req.protocol.as_str().to_owned())
@@ -227,6 +269,13 @@ impl<R: Runtime> Side<R> for State {
     }
 
     fn handle_end(&mut self, id: StreamId, reset: bool, now: Instant) -> bool {
+        if self.control.is_shut_down() {
+            // The stream ended because our own node went away: nothing
+            // from this client can succeed any more, so every request ends
+            // now with `Closed` instead of after its retries.
+            self.core.close(now);
+            return false;
+        }
         if reset {
             self.core.handle_stream_reset(id, now);
         } else {
@@ -268,6 +317,8 @@ fn opened<R: Runtime>(
         }
         Err(failure) => {
             tracing::debug!(%stream, ?failure, "open failed");
+            // On `LocalShutdown` the core closes itself; the drain then
+            // stops the plumbing.
             state.core.handle_open_failed(stream, failure, now);
             None
         }
@@ -298,6 +349,12 @@ impl<R: Runtime> Shared<R> {
         &self,
         start: impl FnOnce(&mut pointsub_proto::Client, Instant) -> Result<RequestId, RequestError>,
     ) -> Result<pointsub_proto::Response, RequestError> {
+        if host_shut_down(&self.node) {
+            // The node is gone: the request could only fail, after its
+            // retries. The client closes (ending any other request too).
+            self.close();
+            return Err(RequestError::Closed);
+        }
         let (tx, rx) = oneshot::channel();
         let id = self.with_core(|state, now| {
             if state.plumbing.stopped {
@@ -334,10 +391,24 @@ impl<R: Runtime> Drop for CancelOnDrop<'_, R> {
     }
 }
 
+/// Whether the host this driver sends from has shut down (its swarm, a
+/// node's or the application's, is gone): nothing can be sent from it any
+/// more. A node between `shutdown()` and its swarm's end is caught a moment
+/// later, when the open fails with `Shutdown` (the core then closes too).
+fn host_shut_down<R: Runtime>(host: &Host<R>) -> bool {
+    host.control().is_shut_down()
+}
+
+/// What happened, in the core's terms; the core decides what follows.
 fn open_failure(e: OpenStreamError) -> OpenFailure {
     match e {
         OpenStreamError::UnsupportedProtocol(_) => OpenFailure::UnsupportedProtocol,
         OpenStreamError::Timeout => OpenFailure::Timeout,
+        OpenStreamError::NoAddresses(_) => OpenFailure::NoAddress,
+        OpenStreamError::WrongPeer { obtained, .. } => OpenFailure::WrongPeer {
+            obtained: peer_key(&obtained),
+        },
+        OpenStreamError::Shutdown => OpenFailure::LocalShutdown,
         other => OpenFailure::Unreachable(other.to_string()),
     }
 }
@@ -357,6 +428,7 @@ impl<R: Runtime> Client<R> {
                 core,
                 plumbing: Plumbing::default(),
                 waiters: HashMap::new(),
+                control: host.control().clone(),
             },
         );
         Ok(Self {
@@ -378,10 +450,14 @@ impl<R: Runtime> Client<R> {
     /// Sends `body` to `peer` on `protocol` and returns the response body.
     ///
     /// Ends with the response or exactly one [`RequestError`]: the peer is
-    /// this node, no address or no connection, a timeout, the server busy
-    /// or failing, a body over a size limit, the protocol not served, or
-    /// the client closed. Retryable failures are retried within the
-    /// configured budget first. Dropping the future cancels the request.
+    /// this node, no address ([`RequestError::NoAddress`], at once), its
+    /// addresses answering as another peer ([`RequestError::WrongPeer`],
+    /// after trying each), no connection, a timeout, the server busy or
+    /// failing, a body over a size limit, the protocol not served, or the
+    /// client closed or its node shut down ([`RequestError::Closed`], at
+    /// once). Retryable failures are retried within the configured budget
+    /// first (see the README's retry budget per cause). Dropping the future
+    /// cancels the request.
     pub async fn send(
         &self,
         peer: PeerId,
@@ -429,7 +505,9 @@ impl<R: Runtime> Client<R> {
     /// Sends `body` to the server node of `protocol` closest to the body
     /// (see [`Client::add_server_node`]), failing over to the next closest
     /// when a node does not answer. Returns the response and the node that
-    /// produced it.
+    /// produced it. When every node tried failed, the error is
+    /// [`RequestError::AllNodesFailed`]; [`RequestErrorExt::node_failures`]
+    /// lists each node's `PeerId` with its failure.
     pub async fn send_closest(
         &self,
         protocol: &str,

@@ -73,7 +73,7 @@ pub use behaviour::{
     AlreadyRegistered, Behaviour, Closed, Connect, Control, DialError, IncomingStreams, OpenStream,
     OpenStreamError, StreamLimits,
 };
-pub use client::{ClosestOptions, Response};
+pub use client::{ClosestOptions, RequestErrorExt, Response};
 pub use conn::{ConnError, DEFAULT_CONN_TIMEOUT};
 pub use host::NOT_POLLED_TIMEOUT;
 pub use libp2p::{self, Multiaddr, PeerId, Stream, StreamProtocol};

@@ -3,30 +3,36 @@
 //! - `pointsub demo`: a server node and a client node in one process, an
 //!   echo round trip, then a burst with latency figures and the metrics.
 //! - `pointsub serve`: an echo server; prints its full addresses. Options
-//!   slow its handler (`--delay-ms`) and fix its identity (`--key-seed`),
-//!   for crash and restart tests.
-//! - `pointsub send <ADDR>/p2p/<PEER> <TEXT>`: one request, reply on stdout.
+//!   slow its handler (`--delay-ms`), fix its identity (`--key-seed`), for
+//!   crash and restart tests, and serve a protocol whose handler always
+//!   fails (`--fail-protocol`), for clients' error paths.
+//! - `pointsub send <ADDR>/p2p/<PEER> (<TEXT> | --file PATH)`: one request,
+//!   its body from the argument, a file or stdin (`--file -`); the reply on
+//!   stdout or, byte for byte, in a file (`--out PATH`). Its exit status
+//!   says how the request ended ([`Failure`], listed in `send --help`).
 //! - `pointsub bench`: pointsub beside libp2p request-response and raw TCP,
-//!   in one process; a table, its CSV and an SVG chart (see [`bench`]).
+//!   in one process; a table, its CSV and an SVG chart (see [`mod@bench`]).
 //!
 //! `-v` (repeatable) raises the log level on stderr; `RUST_LOG` overrides it.
 
 use std::collections::BTreeMap;
 use std::error::Error;
-use std::io::Write;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 use cli_util::{chain, init_tracing};
 use pointsub_tokio::libp2p::identity::Keypair;
 use pointsub_tokio::libp2p::multiaddr::Protocol;
 use pointsub_tokio::{
-    Client, ClientConfig, ClientMetrics, Multiaddr, Node, NodeConfig, PeerId, Server, ServerConfig,
-    ServerMetrics,
+    Client, ClientConfig, ClientMetrics, Multiaddr, Node, NodeConfig, PeerId, RequestError, Server,
+    ServerConfig, ServerMetrics,
 };
 
 mod bench;
@@ -59,11 +65,13 @@ enum Command {
     /// latencies and metrics. Exits non-zero if any request failed.
     Demo(DemoArgs),
     /// Serves an echo handler until interrupted. Prints each listen
-    /// address, with its /p2p/<peer id> suffix, as `listening on <addr>`.
+    /// address, with its `/p2p/<peer id>` suffix, as `listening on <addr>`.
     /// --delay-ms slows every answer; --key-seed keeps the peer id across
-    /// restarts.
+    /// restarts; --fail-protocol adds a protocol whose handler always fails.
     Serve(ServeArgs),
-    /// Sends one request to a peer and prints the reply on stdout.
+    /// Sends one request to a peer and prints the reply on stdout (or writes
+    /// it to --out). The body is TEXT, or the contents of --file (`-` reads
+    /// stdin). The exit status says how the request ended (listed below).
     Send(SendArgs),
     /// Measures pointsub beside libp2p request-response and raw TCP echo,
     /// in this process over loopback: prints a table (QPS, MB/s, latency,
@@ -114,17 +122,35 @@ struct ServeArgs {
     /// random identity.
     #[arg(long, value_name = "N")]
     key_seed: Option<u64>,
+    /// Also serves protocol P with a handler that always fails (answering
+    /// every request with a handler error), so clients can test that path.
+    #[arg(long, value_name = "P")]
+    fail_protocol: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
 struct SendArgs {
-    /// The server's address, ending with /p2p/<peer id>, as printed by
+    /// The server's address, ending with `/p2p/<peer id>`, as printed by
     /// `pointsub serve`.
-    #[arg(value_name = "MULTIADDR")]
-    addr: Multiaddr,
-    /// The request body.
-    #[arg(value_name = "TEXT")]
-    text: String,
+    #[arg(value_name = "MULTIADDR", value_parser = parse_peer_addr)]
+    addr: PeerAddr,
+    /// The request body, as text. Give either TEXT or --file.
+    #[arg(
+        value_name = "TEXT",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    text: Option<String>,
+    /// Reads the request body from this file, byte for byte; `-` reads
+    /// stdin to its end. Give either TEXT or --file.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Writes the reply to this file, byte for byte (`-`: to stdout, with
+    /// nothing added). Without it the reply is printed as text (invalid
+    /// UTF-8 replaced) followed by a newline. The file is written only when
+    /// a reply arrives.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
     /// The protocol to call.
     #[arg(long, value_name = "P", default_value = DEFAULT_PROTOCOL)]
     protocol: String,
@@ -133,9 +159,17 @@ struct SendArgs {
     timeout: u64,
 }
 
+/// Parses the command line, with `send --help` listing the exit statuses
+/// [`Failure`] defines. Exits with status 2 on a usage error, as clap does.
+fn parse_cli() -> Cli {
+    let command = Cli::command().mut_subcommand("send", |send| send.after_help(exit_status_help()));
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let quiet = match cli.command {
         // libp2p request-response warns once per stream it drops when over
         // capacity: 100,000 lines in the 10,000-in-flight case.
@@ -342,12 +376,21 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
         }
         Ok::<_, String>(body)
     })?;
+    if let Some(protocol) = &args.fail_protocol {
+        server.start(protocol, |peer, body: Bytes| async move {
+            tracing::info!(%peer, size = body.len(), "failing on purpose");
+            Err::<Bytes, _>(FAIL_MESSAGE)
+        })?;
+    }
     {
         let mut out = std::io::stdout().lock();
         for addr in node.listen_addrs() {
             writeln!(out, "listening on {}", with_peer(addr, node.peer_id()))?;
         }
         writeln!(out, "serving {}", args.protocol)?;
+        if let Some(protocol) = &args.fail_protocol {
+            writeln!(out, "serving {protocol} (always fails)")?;
+        }
         out.flush()?;
     }
     shutdown_signal().await;
@@ -373,9 +416,20 @@ async fn shutdown_signal() {
     }
 }
 
+/// The error message of `serve --fail-protocol`'s handler.
+const FAIL_MESSAGE: &str = "this protocol always fails (pointsub serve --fail-protocol)";
+
 /// `pointsub send`.
 async fn send(args: SendArgs) -> Result<ExitCode, BoxError> {
-    let (addr, peer) = split_peer(args.addr)?;
+    let PeerAddr { addr, peer } = args.addr;
+    // Read before dialing, so a bad file costs the server nothing. Nothing
+    // else runs on this runtime yet, so a blocking read holds up no task.
+    let body = match (args.text, &args.file) {
+        (Some(text), None) => Bytes::from(text),
+        (None, Some(path)) => Bytes::from(read_body(path)?),
+        // clap requires exactly one of them.
+        _ => return Err("give the body either as TEXT or with --file, not both".into()),
+    };
     let node = Node::new(NodeConfig::default().with_listen_addrs([])).await?;
     node.add_address(peer, addr);
     let client = Client::new(&node, ClientConfig::default())?;
@@ -383,7 +437,7 @@ async fn send(args: SendArgs) -> Result<ExitCode, BoxError> {
         .send_with_timeout(
             peer,
             &args.protocol,
-            Bytes::from(args.text),
+            body,
             Duration::from_secs(args.timeout),
         )
         .await;
@@ -391,28 +445,180 @@ async fn send(args: SendArgs) -> Result<ExitCode, BoxError> {
     node.shutdown();
     match result {
         Ok(reply) => {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{}", String::from_utf8_lossy(&reply))?;
-            out.flush()?;
+            write_reply(&reply, args.out.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: {e} (retryable: {})", e.is_retryable());
-            Ok(ExitCode::FAILURE)
+            let failure = Failure::of(&e);
+            eprintln!(
+                "error: {e} (retryable: {}; exit status {}: {})",
+                e.is_retryable(),
+                failure.code(),
+                failure.describe()
+            );
+            Ok(ExitCode::from(failure.code()))
         }
     }
 }
 
-/// Splits `/…/p2p/<peer>` into the transport address and the peer id.
-fn split_peer(mut addr: Multiaddr) -> Result<(Multiaddr, PeerId), BoxError> {
+/// The whole of `path`, or of stdin for `-`.
+fn read_body(path: &Path) -> Result<Vec<u8>, BoxError> {
+    if path == Path::new("-") {
+        let mut body = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut body)
+            .map_err(|e| format!("cannot read the body from stdin: {e}"))?;
+        Ok(body)
+    } else {
+        std::fs::read(path)
+            .map_err(|e| format!("cannot read the body from {}: {e}", path.display()).into())
+    }
+}
+
+/// Writes `reply` to `out` unchanged (`-`: stdout), or without `out` prints
+/// it as text followed by a newline.
+fn write_reply(reply: &[u8], out: Option<&Path>) -> Result<(), BoxError> {
+    match out {
+        Some(path) if path == Path::new("-") => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(reply)?;
+            stdout.flush()?;
+        }
+        Some(path) => std::fs::write(path, reply)
+            .map_err(|e| format!("cannot write the reply to {}: {e}", path.display()))?,
+        None => {
+            let text = String::from_utf8_lossy(reply);
+            if let std::borrow::Cow::Owned(_) = text {
+                eprintln!("warning: the reply is not UTF-8; use --out to keep its bytes");
+            }
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{text}")?;
+            stdout.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// How `pointsub send` failed, by class; its exit status is [`Failure::code`].
+///
+/// 0 (an answer) and 2 (a usage error, from clap) are not failures of the
+/// request and so not listed here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// Anything else: a local error (reading the body, writing the reply,
+    /// starting the node), a broken stream, an oversize body, a protocol
+    /// violation, an error this version does not classify.
+    Other,
+    /// No connection or stream to the peer could be had.
+    CannotConnect,
+    /// The request's time ran out (overall deadline, read, write or pool).
+    TimedOut,
+    /// The remote refused the request: busy, shutting down, protocol not
+    /// served, or this peer not allowed.
+    Refused,
+    /// The remote's handler ran and returned an error.
+    HandlerFailed,
+}
+
+impl Failure {
+    /// Every class, in exit-status order.
+    const ALL: [Failure; 5] = [
+        Failure::Other,
+        Failure::CannotConnect,
+        Failure::TimedOut,
+        Failure::Refused,
+        Failure::HandlerFailed,
+    ];
+
+    /// The class of a request's error. Classified by variant; the wildcard
+    /// arm takes variants added later (`RequestError` is non-exhaustive)
+    /// until they are mapped here.
+    fn of(e: &RequestError) -> Failure {
+        match e {
+            RequestError::ConnectFailed(_)
+            | RequestError::ConnectTimeout
+            | RequestError::NoAddress
+            | RequestError::WrongPeer { .. } => Failure::CannotConnect,
+            // Every node failed: their common class, if they share one.
+            RequestError::AllNodesFailed { failures } => {
+                let mut classes = failures.iter().map(|f| Failure::of(&f.error));
+                match classes.next() {
+                    Some(first) if classes.all(|c| c == first) => first,
+                    _ => Failure::Other,
+                }
+            }
+            RequestError::Timeout
+            | RequestError::ReadTimeout
+            | RequestError::WriteTimeout
+            | RequestError::PoolTimeout => Failure::TimedOut,
+            RequestError::Busy(_)
+            | RequestError::ShuttingDown
+            | RequestError::UnsupportedProtocol(_)
+            | RequestError::Forbidden(_) => Failure::Refused,
+            RequestError::Handler(_) => Failure::HandlerFailed,
+            _ => Failure::Other,
+        }
+    }
+
+    /// The process's exit status for this class.
+    fn code(self) -> u8 {
+        match self {
+            Failure::Other => 1,
+            Failure::CannotConnect => 3,
+            Failure::TimedOut => 4,
+            Failure::Refused => 5,
+            Failure::HandlerFailed => 6,
+        }
+    }
+
+    /// One line for `--help` and the error message.
+    fn describe(self) -> &'static str {
+        match self {
+            Failure::Other => "another failure (local I/O, broken stream, oversize body, ...)",
+            Failure::CannotConnect => {
+                "cannot connect to the peer (refused, no address, wrong peer id, connect timeout)"
+            }
+            Failure::TimedOut => "timed out",
+            Failure::Refused => {
+                "the remote refused (busy, shutting down, protocol not served, forbidden)"
+            }
+            Failure::HandlerFailed => "the remote's handler failed",
+        }
+    }
+}
+
+/// The exit statuses of `pointsub send`, for its `--help`.
+fn exit_status_help() -> String {
+    let mut help = String::from("Exit status:\n  0  the reply arrived\n");
+    let mut rows: Vec<(u8, &str)> = Failure::ALL
+        .iter()
+        .map(|f| (f.code(), f.describe()))
+        .collect();
+    rows.push((2, "usage error (bad arguments)"));
+    rows.sort_unstable();
+    for (code, what) in rows {
+        let _ = writeln!(help, "  {code}  {what}");
+    }
+    help
+}
+
+/// A server's transport address and peer id, from `/…/p2p/<peer id>`.
+#[derive(Clone, Debug)]
+struct PeerAddr {
+    addr: Multiaddr,
+    peer: PeerId,
+}
+
+/// Parses `/…/p2p/<peer id>` for clap (an error is a usage error).
+fn parse_peer_addr(s: &str) -> Result<PeerAddr, String> {
+    let mut addr: Multiaddr = s.parse().map_err(|e| format!("{e}"))?;
     match addr.pop() {
-        Some(Protocol::P2p(peer)) => Ok((addr, peer)),
+        Some(Protocol::P2p(peer)) => Ok(PeerAddr { addr, peer }),
         Some(last) => Err(format!(
-            "address {}{last} does not end with /p2p/<peer id>; use a full address as printed \
-             by `pointsub serve` (`listening on …`)",
-            addr
-        )
-        .into()),
+            "address {addr}{last} does not end with /p2p/<peer id>; use a full address as \
+             printed by `pointsub serve` (`listening on …`)"
+        )),
         None => Err("empty address: expected e.g. /ip4/127.0.0.1/tcp/4001/p2p/<peer id>".into()),
     }
 }
@@ -464,4 +670,113 @@ fn fmt_server_metrics(m: &ServerMetrics) -> String {
         m.bytes_read,
         m.bytes_written
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pointsub_tokio::proto::Protocol as ProtoName;
+    use pointsub_tokio::proto::{NodeFailure, PeerKey};
+
+    #[test]
+    fn exit_codes_are_distinct_and_leave_0_and_2_alone() {
+        let mut codes: Vec<u8> = Failure::ALL.iter().map(|f| f.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Failure::ALL.len(), "two classes share a code");
+        assert!(!codes.contains(&0) && !codes.contains(&2), "{codes:?}");
+    }
+
+    #[test]
+    fn errors_are_classed_by_variant() {
+        let cases = [
+            (
+                RequestError::ConnectFailed("x".into()),
+                Failure::CannotConnect,
+            ),
+            (RequestError::ConnectTimeout, Failure::CannotConnect),
+            (RequestError::NoAddress, Failure::CannotConnect),
+            (
+                RequestError::WrongPeer {
+                    obtained: PeerKey::from(vec![7; 4]),
+                },
+                Failure::CannotConnect,
+            ),
+            (
+                RequestError::AllNodesFailed {
+                    failures: vec![
+                        NodeFailure {
+                            node: PeerKey::from(vec![1; 4]),
+                            error: RequestError::NoAddress,
+                        },
+                        NodeFailure {
+                            node: PeerKey::from(vec![2; 4]),
+                            error: RequestError::ConnectTimeout,
+                        },
+                    ],
+                },
+                Failure::CannotConnect,
+            ),
+            (
+                RequestError::AllNodesFailed {
+                    failures: vec![
+                        NodeFailure {
+                            node: PeerKey::from(vec![1; 4]),
+                            error: RequestError::NoAddress,
+                        },
+                        NodeFailure {
+                            node: PeerKey::from(vec![2; 4]),
+                            error: RequestError::Busy("full".into()),
+                        },
+                    ],
+                },
+                Failure::Other,
+            ),
+            (
+                RequestError::AllNodesFailed { failures: vec![] },
+                Failure::Other,
+            ),
+            (RequestError::Timeout, Failure::TimedOut),
+            (RequestError::ReadTimeout, Failure::TimedOut),
+            (RequestError::WriteTimeout, Failure::TimedOut),
+            (RequestError::PoolTimeout, Failure::TimedOut),
+            (RequestError::Busy("full".into()), Failure::Refused),
+            (RequestError::ShuttingDown, Failure::Refused),
+            (
+                RequestError::UnsupportedProtocol(ProtoName::new("/p/1")),
+                Failure::Refused,
+            ),
+            (RequestError::Forbidden("no".into()), Failure::Refused),
+            (RequestError::Handler("boom".into()), Failure::HandlerFailed),
+            (RequestError::StreamReset, Failure::Other),
+            (RequestError::Closed, Failure::Other),
+            (RequestError::Protocol("bad".into()), Failure::Other),
+        ];
+        for (error, class) in cases {
+            assert_eq!(Failure::of(&error), class, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_exit_status() {
+        let help = exit_status_help();
+        for f in Failure::ALL {
+            let line = format!("  {}  {}", f.code(), f.describe());
+            assert!(help.contains(&line), "{line:?} missing from:\n{help}");
+        }
+        assert!(help.contains("  0  ") && help.contains("  2  "), "{help}");
+    }
+
+    #[test]
+    fn peer_addresses_must_name_the_peer() {
+        let peer = PeerId::random();
+        let parsed = parse_peer_addr(&format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}"))
+            .expect("a full address parses");
+        assert_eq!(parsed.peer, peer);
+        assert_eq!(parsed.addr.to_string(), "/ip4/127.0.0.1/tcp/4001");
+        let err = parse_peer_addr("/ip4/127.0.0.1/tcp/4001").expect_err("no /p2p suffix");
+        assert!(err.contains("/p2p/"), "{err}");
+        assert!(parse_peer_addr("").is_err());
+        assert!(parse_peer_addr("not an address").is_err());
+    }
 }

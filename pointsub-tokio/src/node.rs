@@ -12,7 +12,7 @@
 //! [`tune_swarm_config`] so the stream limits match on every node) and
 //! hands it to [`Node::from_swarm`]. With the `tokio-runtime` feature,
 //! [`Node::new`](crate::Node::new) does all of that from a
-//! [`NodeConfig`](crate::NodeConfig).
+//! [`NodeConfig`].
 //!
 //! # Stream limits (libp2p 0.57)
 //!
@@ -436,13 +436,14 @@ impl<R: Runtime> Node<R> {
     /// clones of this node see the same shut-down node.
     pub fn shutdown(&self) {
         if let Some(stop) = lock(&self.inner.stop).take() {
+            self.control().begin_shutdown();
             let _ = stop.send(());
         }
     }
 
-    /// Whether [`Node::shutdown`] was called (the task may still be
+    /// Whether [`Node::shutdown`] was called (the swarm task may still be
     /// finishing; [`Control::is_shut_down`](crate::Control::is_shut_down)
-    /// turns true once it has).
+    /// is true from the same moment).
     pub fn is_shut_down(&self) -> bool {
         lock(&self.inner.stop).is_none()
     }

@@ -2,7 +2,7 @@
 //! handlers.
 //!
 //! The server core ([`pointsub_proto::Server`]) decides admission (the
-//! load-scaled limit, per-peer caps, "busy" answers), framing, limits,
+//! adaptive concurrency limit, per-peer caps, "busy" answers), framing, limits,
 //! compression, timeouts and the graceful stop. This driver accepts the
 //! node's inbound streams for the started protocols, moves their bytes,
 //! and runs one handler task per admitted request.
@@ -566,7 +566,8 @@ impl<R: Runtime> Server<R> {
         self.shared().lock().core.active()
     }
 
-    /// The current admission limit (moves with load).
+    /// The current admission limit: it adapts to latency and demand (see
+    /// [`pointsub_proto::admission`]); also in [`ServerMetrics::admission_limit`].
     pub fn admission_limit(&self) -> usize {
         self.shared().lock().core.admission_limit()
     }

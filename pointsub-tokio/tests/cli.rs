@@ -1,13 +1,21 @@
 //! The `pointsub` binary, run as separate processes.
 #![cfg(feature = "cli")]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pointsub");
+
+// `pointsub send`'s exit statuses, as its `--help` lists them.
+const USAGE: i32 = 2;
+const CANNOT_CONNECT: i32 = 3;
+const TIMED_OUT: i32 = 4;
+const REFUSED: i32 = 5;
+const HANDLER_FAILED: i32 = 6;
 
 /// Bound on any one process of these tests.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,30 +33,56 @@ impl Drop for KillOnDrop {
 /// What a finished process left.
 struct Outcome {
     status: ExitStatus,
-    stdout: String,
+    /// Stdout as bytes: `send --out -` writes binary replies there.
+    stdout: Vec<u8>,
     stderr: String,
 }
 
+impl Outcome {
+    /// Stdout as text (invalid UTF-8 replaced).
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
 /// Reads all of `pipe` on a thread.
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
     thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = pipe.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
+        buf
     })
 }
 
-/// Runs `pointsub args…` to completion, killing it (and failing) after
-/// [`TIMEOUT`].
+/// Runs `pointsub args…` to completion with nothing on stdin, killing it
+/// (and failing) after [`TIMEOUT`].
 fn run(args: &[&str]) -> Outcome {
+    run_with_stdin(args, None)
+}
+
+/// Runs `pointsub args…` to completion, feeding it `stdin` (then end of
+/// file) when given, else nothing; kills it (and fails) after [`TIMEOUT`].
+fn run_with_stdin(args: &[&str], stdin: Option<Vec<u8>>) -> Outcome {
     let child = Command::new(BIN)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn pointsub");
     let mut child = KillOnDrop(child);
+    let feeder = stdin.map(|input| {
+        let mut pipe = child.0.stdin.take().expect("stdin piped");
+        // On a thread: a large input may fill the pipe before it is read.
+        // Dropping the pipe at the end is the end of file.
+        thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        })
+    });
     let stdout = drain(child.0.stdout.take().expect("stdout piped"));
     let stderr = drain(child.0.stderr.take().expect("stderr piped"));
     let deadline = Instant::now() + TIMEOUT;
@@ -62,17 +96,21 @@ fn run(args: &[&str]) -> Outcome {
         );
         thread::sleep(Duration::from_millis(20));
     };
+    if let Some(feeder) = feeder {
+        feeder.join().expect("stdin writer");
+    }
     Outcome {
         status,
         stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
+        stderr: String::from_utf8_lossy(&stderr.join().expect("stderr reader")).into_owned(),
     }
 }
 
-/// Starts `pointsub serve` and returns it with its first TCP address.
-fn start_server() -> (KillOnDrop, String) {
+/// Starts `pointsub serve extra…` and returns it with its first TCP address.
+fn start_server(extra: &[&str]) -> (KillOnDrop, String) {
     let child = Command::new(BIN)
         .arg("serve")
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -106,7 +144,7 @@ fn start_server() -> (KillOnDrop, String) {
 
 #[test]
 fn serve_and_send() {
-    let (_server, addr) = start_server();
+    let (_server, addr) = start_server(&[]);
 
     let out = run(&["send", &addr, "hello pointsub"]);
     assert!(
@@ -115,10 +153,10 @@ fn serve_and_send() {
         out.status,
         out.stderr
     );
-    assert_eq!(out.stdout.trim_end(), "hello pointsub");
+    assert_eq!(out.stdout_text().trim_end(), "hello pointsub");
 
     let out = run(&["send", &addr, "hello", "--protocol", "/nope/1"]);
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
+    assert_eq!(out.status.code(), Some(REFUSED), "stderr: {}", out.stderr);
     assert!(
         out.stderr.contains("/nope/1") && out.stderr.contains("not supported"),
         "stderr: {}",
@@ -129,7 +167,7 @@ fn serve_and_send() {
         "stderr: {}",
         out.stderr
     );
-    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout);
+    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout_text());
 }
 
 #[test]
@@ -139,27 +177,207 @@ fn demo_runs_clean() {
         out.status.success(),
         "demo failed: {:?}\n{}\n{}",
         out.status,
-        out.stdout,
+        out.stdout_text(),
         out.stderr
     );
+    let stdout = out.stdout_text();
     for label in [
         "server peer id: 12D3Koo",
         "client peer id: 12D3Koo",
         "QPS: ",
     ] {
-        assert!(
-            out.stdout.contains(label),
-            "no {label:?} in:\n{}",
-            out.stdout
-        );
+        assert!(stdout.contains(label), "no {label:?} in:\n{stdout}");
     }
-    assert!(out.stdout.contains("failures: 0"), "{}", out.stdout);
+    assert!(stdout.contains("failures: 0"), "{stdout}");
 }
 
 #[test]
 fn send_needs_a_peer_id() {
     let out = run(&["send", "/ip4/127.0.0.1/tcp/4001", "hello"]);
-    assert!(!out.status.success(), "send without /p2p succeeded");
+    assert_eq!(out.status.code(), Some(USAGE), "stderr: {}", out.stderr);
     assert!(out.stderr.contains("/p2p/"), "stderr: {}", out.stderr);
-    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout);
+    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout_text());
+}
+
+/// A fresh path under Cargo's scratch directory for this test target.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli");
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    let path = dir.join(format!("{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// 256 KiB that are not UTF-8 and do not compress, then 64 KiB of zeros
+/// that do: both of the core's body paths, every byte value.
+fn binary_body() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut body: Vec<u8> = (0..=255u8).collect();
+    while body.len() < 256 << 10 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    body.extend(std::iter::repeat_n(0u8, 64 << 10));
+    assert!(std::str::from_utf8(&body).is_err());
+    body
+}
+
+#[test]
+fn send_binary_body_from_file_and_stdin() {
+    let (_server, addr) = start_server(&[]);
+    let body = binary_body();
+
+    // --file PATH, --out PATH: the echo comes back byte for byte.
+    let input = scratch("body.bin");
+    let output = scratch("reply-file.bin");
+    std::fs::write(&input, &body).expect("write body");
+    let (input_s, output_s) = (
+        input.to_str().expect("utf-8"),
+        output.to_str().expect("utf-8"),
+    );
+    let out = run(&["send", &addr, "--file", input_s, "--out", output_s]);
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout_text());
+    assert!(
+        std::fs::read(&output).expect("reply written") == body,
+        "reply differs"
+    );
+
+    // --file - (stdin), --out PATH.
+    let output = scratch("reply-stdin.bin");
+    let output_s = output.to_str().expect("utf-8");
+    let out = run_with_stdin(
+        &["send", &addr, "--file", "-", "--out", output_s],
+        Some(body.clone()),
+    );
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    assert!(
+        std::fs::read(&output).expect("reply written") == body,
+        "reply differs"
+    );
+
+    // --file - (stdin), --out - (stdout, nothing added).
+    let out = run_with_stdin(
+        &["send", &addr, "--file", "-", "--out", "-"],
+        Some(body.clone()),
+    );
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    assert!(
+        out.stdout == body,
+        "stdout differs ({} bytes)",
+        out.stdout.len()
+    );
+
+    // An empty stdin is an empty body, and an empty reply.
+    let out = run_with_stdin(
+        &["send", &addr, "--file", "-", "--out", "-"],
+        Some(Vec::new()),
+    );
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout_text());
+}
+
+#[test]
+fn send_takes_exactly_one_body() {
+    let peer = pointsub_tokio::PeerId::random();
+    let addr = format!("/ip4/127.0.0.1/tcp/9/p2p/{peer}");
+    // Both, or neither: clap's usage error, before any network use.
+    for args in [
+        vec!["send", &addr, "text", "--file", "-"],
+        vec!["send", &addr],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(USAGE), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("Usage"), "{args:?}: {}", out.stderr);
+    }
+    // A file that is not there: a local failure, named.
+    let missing = scratch("missing.bin");
+    let out = run(&["send", &addr, "--file", missing.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot read the body"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn send_help_lists_exit_statuses() {
+    let out = run(&["send", "--help"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let help = out.stdout_text();
+    assert!(help.contains("Exit status"), "{help}");
+    for code in [
+        0,
+        1,
+        USAGE,
+        CANNOT_CONNECT,
+        TIMED_OUT,
+        REFUSED,
+        HANDLER_FAILED,
+    ] {
+        assert!(
+            help.contains(&format!("\n  {code}  ")),
+            "no status {code} in:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn send_exit_status_says_how_it_failed() {
+    let (_server, addr) = start_server(&["--fail-protocol", "/fail/1"]);
+
+    // The handler ran and failed: its message is shown.
+    let out = run(&["send", &addr, "x", "--protocol", "/fail/1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(HANDLER_FAILED),
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("always fails"),
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout_text());
+
+    // Not served: refused.
+    let out = run(&["send", &addr, "x", "--protocol", "/nope/1"]);
+    assert_eq!(out.status.code(), Some(REFUSED), "stderr: {}", out.stderr);
+
+    // The echo protocol still answers beside the failing one.
+    let out = run(&["send", &addr, "still here"]);
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    assert_eq!(out.stdout_text().trim_end(), "still here");
+}
+
+#[test]
+fn send_exit_status_cannot_connect() {
+    // A loopback port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port();
+    let peer = pointsub_tokio::PeerId::random();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}");
+    // A generous deadline, so the retries end it and not the deadline.
+    let out = run(&["send", &addr, "x", "--timeout", "40"]);
+    assert_eq!(
+        out.status.code(),
+        Some(CANNOT_CONNECT),
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout_text());
+}
+
+#[test]
+fn send_exit_status_timed_out() {
+    // Each answer takes 20 s; the request may take 1 s.
+    let (_server, addr) = start_server(&["--delay-ms", "20000"]);
+    let out = run(&["send", &addr, "x", "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(TIMED_OUT), "stderr: {}", out.stderr);
 }
