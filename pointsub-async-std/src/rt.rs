@@ -94,11 +94,13 @@ mod tests {
     async fn spawn_and_sleep(rt: AsyncStdRuntime) {
         let (tx, rx) = oneshot::channel();
         let sleeper = rt.clone();
+        // Before the spawn: the task may start its sleep at once, on
+        // another thread.
+        let started = Instant::now();
         rt.spawn(Box::pin(async move {
             sleeper.sleep(Duration::from_millis(20)).await;
             let _ = tx.send(());
         }));
-        let started = Instant::now();
         rx.await.expect("task ran");
         assert!(started.elapsed() >= Duration::from_millis(20));
         let deadline = Instant::now() + Duration::from_millis(10);
