@@ -47,6 +47,8 @@
 #![deny(missing_docs)]
 
 pub mod behaviour;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod client;
 pub mod conn;
 mod driver;

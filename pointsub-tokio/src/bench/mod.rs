@@ -29,15 +29,21 @@
 //! whatever target calls [`run_with`] with a longer list.
 //!
 //! That is how pointsub-async-std is benched: it depends on this crate, so
-//! this crate's binary cannot depend on it (Cargo rejects the cycle), but a
-//! bench target may, through a dev-dependency. `benches/compare.rs`
-//! includes this module by path, defines the crate-root items it uses
-//! (`crate::BoxError`, `crate::chain`), makes the `pointsub-async-std`
+//! this crate's binary cannot depend on it (Cargo rejects the cycle), but
+//! pointsub-async-std's own bench target can use this module (it is a
+//! library module behind the `bench` feature, which `cli` enables):
+//! `pointsub-async-std/benches/compare.rs` makes the `pointsub-async-std`
 //! system with [`pointsub::system`] (the pointsub system is generic over
 //! the node's runtime, a [`pointsub::Flavour`]) and calls [`run_with`] with
-//! all four: `cargo bench -p pointsub-tokio --bench compare -- --quick`
+//! all four: `cargo bench -p pointsub-async-std --bench compare -- --quick`
 //! takes the same options as `pointsub bench`.
+//!
+//! The module is not for library users: with
+//! `default-features = false, features = ["tokio-runtime"]` neither it nor
+//! its dependencies (clap, plotters, tracing-subscriber, libp2p
+//! request-response) are compiled.
 
+mod cli_util;
 mod codec;
 pub mod pointsub;
 mod raw_tcp;
@@ -53,9 +59,12 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::BoxError;
+pub use cli_util::{chain, init_tracing};
 pub use report::Row;
 use stats::{Failure, Recorder};
+
+/// Any error a system's setup or the harness's output can end in.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The small body: a typical pointsub message in the spec's benchmark.
 pub const SMALL: usize = 581;
@@ -89,7 +98,7 @@ pub const MATRIX: &[Case] = &[
 pub const QUICK: Case = case(SMALL, 100);
 
 /// Largest body any system accepts (pointsub's default max block size).
-pub const MAX_BODY: usize = pointsub_tokio::proto::config::DEFAULT_MAX_BLOCK_SIZE;
+pub const MAX_BODY: usize = crate::proto::config::DEFAULT_MAX_BLOCK_SIZE;
 
 /// Each request is cut after this long.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -312,7 +321,7 @@ async fn run_case(system: &System, case: Case, warmup: Duration, duration: Durat
     let instance = match tokio::time::timeout(SETUP_TIMEOUT, (system.start)(case)).await {
         Ok(Ok(instance)) => instance,
         Ok(Err(e)) => {
-            row.setup_error = Some(format!("start failed: {}", crate::chain(&*e)));
+            row.setup_error = Some(format!("start failed: {}", chain(&*e)));
             return row;
         }
         Err(_) => {
