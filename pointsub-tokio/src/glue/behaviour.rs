@@ -59,7 +59,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -227,12 +227,7 @@ pub struct AlreadyRegistered(pub StreamProtocol);
 // Shared state between Control, behaviour and connection handlers
 // ---------------------------------------------------------------------------
 
-/// Locks a mutex, ignoring poisoning: the data guarded here stays
-/// consistent across every early return, so a panic elsewhere must not
-/// cascade.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use super::common::lock;
 
 struct Shared {
     /// The id of the swarm this behaviour runs in, as its creator said.
