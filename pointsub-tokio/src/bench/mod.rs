@@ -142,16 +142,16 @@ pub trait Instance: Send + Sync {
 pub const SYSTEMS: &[System] = &[pointsub::SYSTEM, request_response::SYSTEM, raw_tcp::SYSTEM];
 
 /// The name of the async-std adapter's system, which only
-/// `benches/compare.rs` can build (see [the module docs](self)).
+/// pointsub-async-std's `benches/compare.rs` can build (see [the module docs](self)).
 pub const ASYNC_STD: &str = "pointsub-async-std";
 
 /// Where the async-std adapter is benchmarked, and why not here: printed in
 /// the header when the systems given to [`run_with`] lack it.
 const ASYNC_STD_ELSEWHERE: &str = "pointsub-async-std: benchmarked by `cargo bench -p \
-     pointsub-tokio --bench compare` (same harness and options, all four systems in one \
+     pointsub-async-std --bench compare` (same harness and options, all four systems in one \
      process), not by this binary: pointsub-async-std depends on pointsub-tokio, so \
-     pointsub-tokio's binary cannot depend on it (Cargo rejects the cycle); a bench target can, \
-     through a dev-dependency.";
+     pointsub-tokio's binary cannot depend on it (Cargo rejects the cycle); a bench target of \
+     pointsub-async-std can use both.";
 
 /// `pointsub bench`: measures pointsub beside libp2p request-response and
 /// raw TCP, in this process, and writes the table as CSV and an SVG chart.
@@ -164,7 +164,7 @@ pub struct BenchArgs {
     quick: bool,
     /// Systems to run, comma-separated (default: all): pointsub-tokio,
     /// request-response, raw-tcp; pointsub-async-std too under
-    /// `cargo bench -p pointsub-tokio --bench compare`.
+    /// `cargo bench -p pointsub-async-std --bench compare`.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     systems: Vec<String>,
     /// Measured seconds per case (default 3, or 2 with --quick).
@@ -186,10 +186,6 @@ const DEFAULT_CSV: &str = "target/bench/pointsub-bench.csv";
 const DEFAULT_SVG: &str = "target/bench/pointsub-bench.svg";
 
 /// `pointsub bench`: runs the benchmark on [`SYSTEMS`].
-#[allow(
-    dead_code,
-    reason = "benches/compare.rs, which includes this module, calls run_with"
-)]
 pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
     let systems: Vec<&System> = SYSTEMS.iter().collect();
     run_with(args, &systems).await.map(drop)
