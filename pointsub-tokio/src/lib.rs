@@ -36,24 +36,23 @@
 //!
 //! # Layout
 //!
-//! The glue is runtime-neutral and lives in [`generic`], parameterised by
-//! a [`Runtime`]: [`behaviour`] (the libp2p plumbing), [`host`] (the
+//! The glue is runtime-neutral (its files are under `src/glue/`; its
+//! types are in [`generic`]), parameterised by a [`Runtime`]: [`behaviour`] (the libp2p plumbing), [`host`] (the
 //! behaviour's handle plus a runtime), [`node`] (a swarm of its own
 //! driven by a task), [`client`], [`server`] and [`conn`]. It compiles
 //! without tokio (`default-features = false`), which is how
 //! `pointsub-async-std` reuses it. The `tokio-runtime` feature (on by
 //! default) adds [`TokioRuntime`] and the top-level tokio types
-//! ([`Node`], [`Client`], [`Server`], [`Listener`], [`Conn`]).
+//! ([`Node`], [`Client`], [`Server`], [`Listener`], [`Conn`]); its code
+//! is `src/tokio_rt.rs`. The `pointsub` binary is under `src/bin/pointsub/`,
+//! and its bench harness is the `bench` module, behind the `bench` feature
+//! (enabled by the default `cli` feature).
 #![deny(missing_docs)]
 
-pub mod behaviour;
-pub mod client;
-pub mod conn;
-mod driver;
-pub mod host;
-pub mod node;
-pub mod rt;
-pub mod server;
+#[cfg(feature = "bench")]
+pub mod bench;
+mod glue;
+pub use glue::{behaviour, client, conn, host, node, rt, server};
 #[cfg(feature = "tokio-runtime")]
 mod tokio_rt;
 

@@ -5,10 +5,10 @@
 
 use std::io;
 
+use crate::StreamProtocol;
+use crate::libp2p::request_response;
 use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use pointsub_tokio::StreamProtocol;
-use pointsub_tokio::libp2p::request_response;
 
 /// Bodies up to this size are written with their header in one write (one
 /// copy, one muxer frame); larger ones are written as header then body.

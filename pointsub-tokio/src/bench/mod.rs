@@ -29,15 +29,21 @@
 //! whatever target calls [`run_with`] with a longer list.
 //!
 //! That is how pointsub-async-std is benched: it depends on this crate, so
-//! this crate's binary cannot depend on it (Cargo rejects the cycle), but a
-//! bench target may, through a dev-dependency. `benches/compare.rs`
-//! includes this module by path, defines the crate-root items it uses
-//! (`crate::BoxError`, `crate::chain`), makes the `pointsub-async-std`
+//! this crate's binary cannot depend on it (Cargo rejects the cycle), but
+//! pointsub-async-std's own bench target can use this module (it is a
+//! library module behind the `bench` feature, which `cli` enables):
+//! `pointsub-async-std/benches/compare.rs` makes the `pointsub-async-std`
 //! system with [`pointsub::system`] (the pointsub system is generic over
 //! the node's runtime, a [`pointsub::Flavour`]) and calls [`run_with`] with
-//! all four: `cargo bench -p pointsub-tokio --bench compare -- --quick`
+//! all four: `cargo bench -p pointsub-async-std --bench compare -- --quick`
 //! takes the same options as `pointsub bench`.
+//!
+//! The module is not for library users: with
+//! `default-features = false, features = ["tokio-runtime"]` neither it nor
+//! its dependencies (clap, plotters, tracing-subscriber, libp2p
+//! request-response) are compiled.
 
+mod cli_util;
 mod codec;
 pub mod pointsub;
 mod raw_tcp;
@@ -53,9 +59,12 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::BoxError;
+pub use cli_util::{chain, init_tracing};
 pub use report::Row;
 use stats::{Failure, Recorder};
+
+/// Any error a system's setup or the harness's output can end in.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The small body: a typical pointsub message in the spec's benchmark.
 pub const SMALL: usize = 581;
@@ -89,7 +98,7 @@ pub const MATRIX: &[Case] = &[
 pub const QUICK: Case = case(SMALL, 100);
 
 /// Largest body any system accepts (pointsub's default max block size).
-pub const MAX_BODY: usize = pointsub_tokio::proto::config::DEFAULT_MAX_BLOCK_SIZE;
+pub const MAX_BODY: usize = crate::proto::config::DEFAULT_MAX_BLOCK_SIZE;
 
 /// Each request is cut after this long.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -133,16 +142,16 @@ pub trait Instance: Send + Sync {
 pub const SYSTEMS: &[System] = &[pointsub::SYSTEM, request_response::SYSTEM, raw_tcp::SYSTEM];
 
 /// The name of the async-std adapter's system, which only
-/// `benches/compare.rs` can build (see [the module docs](self)).
+/// pointsub-async-std's `benches/compare.rs` can build (see [the module docs](self)).
 pub const ASYNC_STD: &str = "pointsub-async-std";
 
 /// Where the async-std adapter is benchmarked, and why not here: printed in
 /// the header when the systems given to [`run_with`] lack it.
 const ASYNC_STD_ELSEWHERE: &str = "pointsub-async-std: benchmarked by `cargo bench -p \
-     pointsub-tokio --bench compare` (same harness and options, all four systems in one \
+     pointsub-async-std --bench compare` (same harness and options, all four systems in one \
      process), not by this binary: pointsub-async-std depends on pointsub-tokio, so \
-     pointsub-tokio's binary cannot depend on it (Cargo rejects the cycle); a bench target can, \
-     through a dev-dependency.";
+     pointsub-tokio's binary cannot depend on it (Cargo rejects the cycle); a bench target of \
+     pointsub-async-std can use both.";
 
 /// `pointsub bench`: measures pointsub beside libp2p request-response and
 /// raw TCP, in this process, and writes the table as CSV and an SVG chart.
@@ -155,7 +164,7 @@ pub struct BenchArgs {
     quick: bool,
     /// Systems to run, comma-separated (default: all): pointsub-tokio,
     /// request-response, raw-tcp; pointsub-async-std too under
-    /// `cargo bench -p pointsub-tokio --bench compare`.
+    /// `cargo bench -p pointsub-async-std --bench compare`.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     systems: Vec<String>,
     /// Measured seconds per case (default 3, or 2 with --quick).
@@ -177,10 +186,6 @@ const DEFAULT_CSV: &str = "target/bench/pointsub-bench.csv";
 const DEFAULT_SVG: &str = "target/bench/pointsub-bench.svg";
 
 /// `pointsub bench`: runs the benchmark on [`SYSTEMS`].
-#[allow(
-    dead_code,
-    reason = "benches/compare.rs, which includes this module, calls run_with"
-)]
 pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
     let systems: Vec<&System> = SYSTEMS.iter().collect();
     run_with(args, &systems).await.map(drop)
@@ -312,7 +317,7 @@ async fn run_case(system: &System, case: Case, warmup: Duration, duration: Durat
     let instance = match tokio::time::timeout(SETUP_TIMEOUT, (system.start)(case)).await {
         Ok(Ok(instance)) => instance,
         Ok(Err(e)) => {
-            row.setup_error = Some(format!("start failed: {}", crate::chain(&*e)));
+            row.setup_error = Some(format!("start failed: {}", chain(&*e)));
             return row;
         }
         Err(_) => {

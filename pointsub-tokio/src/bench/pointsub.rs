@@ -2,37 +2,40 @@
 //! (nodelay) + noise + yamux on loopback, one connection.
 //!
 //! The same code benches every adapter: it is generic over the node's
-//! runtime ([`Flavour`], a [`NodeRuntime`] with a name), and [`system`]
+//! runtime ([`Flavour`]: a [`NodeRuntime`] with a name), and [`system`]
 //! makes the registry entry of one. [`SYSTEM`] is pointsub-tokio's;
-//! `benches/compare.rs` adds pointsub-async-std's the same way.
+//! pointsub-async-std's `benches/compare.rs` adds its own the same way.
 //!
 //! The nodes (their swarms, connection tasks, stream drivers and the echo
 //! handler) run on the flavour's runtime; the load generator's tasks, which
-//! await [`Client::send`](pointsub_tokio::generic::Client::send), stay on
+//! await [`Client::send`](crate::generic::Client::send), stay on
 //! the harness's tokio runtime: the client's futures do not care which
 //! executor polls them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::generic::{Client, Node, Server};
+use crate::node::MAX_STREAMS_PER_CONNECTION;
+use crate::{ClientConfig, Multiaddr, NodeConfig, NodeRuntime, PeerId, ServerConfig, TokioRuntime};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use pointsub_tokio::generic::{Client, Node, Server};
-use pointsub_tokio::node::MAX_STREAMS_PER_CONNECTION;
-use pointsub_tokio::{
-    ClientConfig, Multiaddr, NodeConfig, NodeRuntime, PeerId, ServerConfig, TokioRuntime,
-};
 
 use super::stats::Failure;
 use super::{Case, Instance, StartFn, System};
-use crate::BoxError;
+use crate::bench::BoxError;
 
 const PROTOCOL: &str = "/pointsub/bench-echo/1.0.0";
 
 /// A pointsub adapter to bench: the runtime its nodes are built on
-/// (`Node::<Self>::new`), with the name and description of its system.
-pub trait Flavour: NodeRuntime {
+/// (`Node::<Self::Runtime>::new`), with the name and description of its
+/// system. Implemented on a marker type of the bench's own, so that a
+/// crate other than this one can name a runtime of a third crate.
+pub trait Flavour: Send + Sync + 'static {
+    /// The runtime the system's nodes run on.
+    type Runtime: NodeRuntime;
+
     /// The system's name on the command line and in the table.
     const SYSTEM_NAME: &'static str;
 
@@ -40,7 +43,12 @@ pub trait Flavour: NodeRuntime {
     fn api() -> &'static str;
 }
 
-impl Flavour for TokioRuntime {
+/// pointsub-tokio's [`Flavour`]: nodes on [`TokioRuntime`].
+#[derive(Debug)]
+pub struct Tokio;
+
+impl Flavour for Tokio {
+    type Runtime = TokioRuntime;
     const SYSTEM_NAME: &'static str = "pointsub-tokio";
 
     fn api() -> &'static str {
@@ -59,7 +67,7 @@ pub const fn system<R: Flavour>() -> System {
 }
 
 /// pointsub-tokio's registry entry.
-pub const SYSTEM: System = system::<TokioRuntime>();
+pub const SYSTEM: System = system::<Tokio>();
 
 /// Most pooled streams the client may hold: room below the yamux
 /// per-connection limit, which closes the connection when exceeded.
@@ -114,18 +122,20 @@ fn describe<R: Flavour>() -> String {
 }
 
 struct Pointsub<R: Flavour> {
-    server_node: Node<R>,
-    client_node: Node<R>,
-    server: Server<R>,
-    client: Client<R>,
+    server_node: Node<R::Runtime>,
+    client_node: Node<R::Runtime>,
+    server: Server<R::Runtime>,
+    client: Client<R::Runtime>,
     server_peer: PeerId,
 }
 
 fn start<R: Flavour>(case: Case) -> BoxFuture<'static, Result<Arc<dyn Instance>, BoxError>> {
     async move {
         let tcp: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse()?;
-        let server_node = Node::<R>::new(NodeConfig::default().with_listen_addrs([tcp])).await?;
-        let client_node = Node::<R>::new(NodeConfig::default().with_listen_addrs([])).await?;
+        let server_node =
+            Node::<R::Runtime>::new(NodeConfig::default().with_listen_addrs([tcp])).await?;
+        let client_node =
+            Node::<R::Runtime>::new(NodeConfig::default().with_listen_addrs([])).await?;
         let server_peer = server_node.peer_id();
         for addr in server_node.listen_addrs() {
             client_node.add_address(server_peer, addr);
@@ -135,7 +145,7 @@ fn start<R: Flavour>(case: Case) -> BoxFuture<'static, Result<Arc<dyn Instance>,
             Ok::<_, String>(body)
         })?;
         let client = Client::new(&client_node, client_config(case))?;
-        let instance = Pointsub {
+        let instance = Pointsub::<R> {
             server_node,
             client_node,
             server,

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use super::codec::check_len;
 use super::stats::Failure;
 use super::{Case, Instance, MAX_BODY, System};
-use crate::BoxError;
+use crate::bench::BoxError;
 
 /// The registry entry.
 pub const SYSTEM: System = System {

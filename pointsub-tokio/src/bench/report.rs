@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::stats::Summary;
 use super::{Case, GRACE, LARGE, REQUEST_TIMEOUT, SMALL, System};
-use crate::BoxError;
+use crate::bench::BoxError;
 
 /// One case of one system, measured.
 #[derive(Debug, Clone)]

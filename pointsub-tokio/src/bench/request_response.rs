@@ -11,20 +11,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::libp2p::request_response::{self as rr, OutboundRequestId, ProtocolSupport};
+use crate::libp2p::swarm::SwarmEvent;
+use crate::libp2p::{Swarm, SwarmBuilder, noise, tcp, yamux};
+use crate::{Multiaddr, PeerId, StreamProtocol};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use pointsub_tokio::libp2p::request_response::{self as rr, OutboundRequestId, ProtocolSupport};
-use pointsub_tokio::libp2p::swarm::SwarmEvent;
-use pointsub_tokio::libp2p::{Swarm, SwarmBuilder, noise, tcp, yamux};
-use pointsub_tokio::{Multiaddr, PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::codec::LengthPrefixed;
 use super::stats::{Failure, failure_message};
 use super::{Case, Instance, MAX_BODY, REQUEST_TIMEOUT, System};
-use crate::BoxError;
+use crate::bench::BoxError;
 
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/bench/echo/1.0.0");
 

@@ -19,16 +19,18 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::{BoxFuture, Either};
 use futures::{FutureExt, StreamExt};
-use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use libp2p::{PeerId, StreamProtocol};
 use pointsub_proto::{
     ConfigError, Instant, Protocol, ServerConfig, ServerError, ServerEvent, ServerMetrics, StreamId,
 };
 use tracing::Instrument;
 
-use crate::client::{peer_id, peer_key};
-use crate::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
-use crate::host::Host;
-use crate::rt::Runtime;
+use super::common::{peer_id, peer_key};
+use super::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
+use super::host::Host;
+use super::rt::Runtime;
+
+pub use super::common::ConnectionInfo;
 
 /// Default grace period of [`Server::stop`]: in-flight requests get this
 /// long to finish (30 s).
@@ -72,67 +74,6 @@ impl StartError {
     /// for this server).
     pub fn is_retryable(&self) -> bool {
         false
-    }
-}
-
-/// One pooled stream, as [`Server::connections_info`] and
-/// [`Client::connections_info`](crate::generic::Client::connections_info)
-/// report it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConnectionInfo {
-    /// The remote peer.
-    pub peer: PeerId,
-    /// The remote's address on the connection the stream rides on, if
-    /// still connected.
-    pub remote_addr: Option<Multiaddr>,
-    /// The stream's protocol.
-    pub protocol: String,
-    /// The core's id of the stream.
-    pub stream: StreamId,
-    /// When the stream last carried bytes.
-    pub last_active: std::time::Instant,
-    /// How long it has been idle.
-    pub idle: Duration,
-    /// How long it has been open.
-    pub age: Duration,
-    /// Bytes received on it (as on the wire: compressed bodies count
-    /// compressed).
-    pub bytes_in: u64,
-    /// Bytes sent on it (as on the wire).
-    pub bytes_out: u64,
-    /// Requests it carried to completion.
-    pub requests: u64,
-    /// Requests on it now.
-    pub in_flight: usize,
-}
-
-impl ConnectionInfo {
-    pub(crate) fn from_core<R: Runtime>(
-        node: &Host<R>,
-        infos: Vec<pointsub_proto::ConnectionInfo>,
-    ) -> Vec<Self> {
-        let now = node.runtime().now();
-        infos
-            .into_iter()
-            .filter_map(|c| {
-                let peer = peer_id(&c.remote)?;
-                let busy = c.last_active.saturating_duration_since(c.opened_at);
-                Some(Self {
-                    peer,
-                    remote_addr: node.control().remote_addr(&peer),
-                    protocol: c.protocol.as_str().to_owned(),
-                    stream: c.stream,
-                    last_active: now.checked_sub(c.idle).unwrap_or(now),
-                    idle: c.idle,
-                    age: c.idle + busy,
-                    bytes_in: c.bytes_in,
-                    bytes_out: c.bytes_out,
-                    requests: c.requests,
-                    in_flight: c.in_flight,
-                })
-            })
-            .collect()
     }
 }
 
@@ -558,7 +499,11 @@ impl<R: Runtime> Server<R> {
             let state = shared.lock();
             state.core.connections(shared.now())
         };
-        ConnectionInfo::from_core(&shared.node, infos)
+        ConnectionInfo::from_core(
+            shared.node.runtime().now(),
+            |peer| shared.node.control().remote_addr(peer),
+            infos,
+        )
     }
 
     /// Requests being handled now.

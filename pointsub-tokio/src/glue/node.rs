@@ -46,7 +46,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -57,9 +57,10 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 
-use crate::behaviour::{Behaviour, DEFAULT_OPEN_TIMEOUT};
-use crate::host::Host;
-use crate::rt::Runtime;
+use super::behaviour::{Behaviour, DEFAULT_OPEN_TIMEOUT};
+use super::common::lock;
+use super::host::Host;
+use super::rt::Runtime;
 
 /// Streams allowed per connection by [`yamux_config`] and inbound streams
 /// allowed to negotiate at once by [`tune_swarm_config`]: 1024, leaving
@@ -258,10 +259,6 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Default)]

@@ -16,7 +16,6 @@
 //! `-v` (repeatable) raises the log level on stderr; `RUST_LOG` overrides it.
 
 use std::collections::BTreeMap;
-use std::error::Error;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -27,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
-use cli_util::{chain, init_tracing};
+use pointsub_tokio::bench::{self, BoxError, chain, init_tracing};
 use pointsub_tokio::libp2p::identity::Keypair;
 use pointsub_tokio::libp2p::multiaddr::Protocol;
 use pointsub_tokio::{
@@ -35,14 +34,10 @@ use pointsub_tokio::{
     ServerConfig, ServerMetrics,
 };
 
-mod bench;
-mod cli_util;
 mod soak;
 
 /// The protocol `serve` and `send` use unless told otherwise.
 const DEFAULT_PROTOCOL: &str = "/pointsub/echo/1.0.0";
-
-type BoxError = Box<dyn Error + Send + Sync>;
 
 /// Point-to-point request/response over libp2p, addressed by peer id and
 /// protocol: an echo server, a one-shot client, and a self-contained demo.

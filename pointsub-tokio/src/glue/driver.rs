@@ -19,9 +19,9 @@ use futures::io::{AsyncRead, AsyncWrite};
 use libp2p::Stream;
 use pointsub_proto::{StreamId, Transmit};
 
-use crate::behaviour::Closed;
-use crate::host::Host;
-use crate::rt::{BoxSleep, Clock, Runtime};
+use super::behaviour::Closed;
+use super::host::Host;
+use super::rt::{BoxSleep, Clock, Runtime};
 
 /// Bytes read from a stream per read call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -38,11 +38,7 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 /// Reads and writes one I/O task does before yielding to the runtime.
 const POLL_BUDGET: usize = 32;
 
-/// Locks a mutex, ignoring poisoning: every critical section here leaves
-/// the state consistent, so one panic must not cascade.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use super::common::lock;
 
 /// How the core asked for a stream to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

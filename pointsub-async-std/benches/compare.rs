@@ -2,17 +2,17 @@
 //! (async-std adapter), libp2p request-response and raw TCP, in one process.
 //!
 //! ```sh
-//! cargo bench -p pointsub-tokio --bench compare -- --quick
-//! cargo bench -p pointsub-tokio --bench compare            # the full matrix
-//! cargo bench -p pointsub-tokio --bench compare -- --help  # the options
+//! cargo bench -p pointsub-async-std --bench compare -- --quick
+//! cargo bench -p pointsub-async-std --bench compare            # the full matrix
+//! cargo bench -p pointsub-async-std --bench compare -- --help  # the options
 //! ```
 //!
 //! The `pointsub` binary cannot bench the async-std adapter:
 //! `pointsub-async-std` depends on `pointsub-tokio`, and Cargo rejects the
-//! cycle a normal dependency back would make. A dev-dependency may close
-//! it, and bench targets see dev-dependencies, so this target includes the
-//! binary's harness (`src/bench`) by path and runs it with one more system.
-//! There is one `pointsub-tokio` library in the build, so
+//! cycle a normal dependency back would make. This crate can depend on
+//! both, so the compare bench lives here and runs the binary's harness
+//! (`pointsub_tokio::bench`, behind pointsub-tokio's `bench` feature) with
+//! one more system. There is one `pointsub-tokio` library in the build, so
 //! `pointsub_async_std::Node` is `pointsub_tokio::generic::Node<AsyncStdRuntime>`
 //! of the very crate the harness uses.
 //!
@@ -30,33 +30,20 @@
 //! instead: each system for a fraction of a second, failing unless each
 //! answered.
 
-use std::error::Error;
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser};
 use pointsub_async_std::AsyncStdRuntime;
 
-// `cargo test` and `cargo clippy --all-targets` build this target (no
-// libtest harness) with `--cfg test` but without `--test`: the harness's
-// `#[cfg(test)]` modules are compiled, their `#[test]` functions are not,
-// so their imports and helpers look unused. Those tests run with the
-// binary's (`cargo test -p pointsub-tokio --bin pointsub`).
-#[path = "../src/bench/mod.rs"]
-#[cfg_attr(test, allow(unused_imports, dead_code))]
-mod bench;
+use pointsub_tokio::bench::pointsub::{Flavour, system};
+use pointsub_tokio::bench::{self, BenchArgs, System, chain, init_tracing};
 
-#[path = "../src/cli_util.rs"]
-mod cli_util;
+/// pointsub-async-std's [`Flavour`]: nodes on [`AsyncStdRuntime`].
+struct AsyncStd;
 
-use bench::pointsub::{Flavour, system};
-use bench::{BenchArgs, System};
-use cli_util::{chain, init_tracing};
-
-/// What the harness expects at its crate root (as in `src/main.rs`).
-type BoxError = Box<dyn Error + Send + Sync>;
-
-impl Flavour for AsyncStdRuntime {
+impl Flavour for AsyncStd {
+    type Runtime = AsyncStdRuntime;
     const SYSTEM_NAME: &'static str = bench::ASYNC_STD;
 
     fn api() -> &'static str {
@@ -66,14 +53,14 @@ impl Flavour for AsyncStdRuntime {
 }
 
 /// pointsub-async-std's system.
-const ASYNC_STD: System = system::<AsyncStdRuntime>();
+const ASYNC_STD: System = system::<AsyncStd>();
 
 /// `pointsub bench` with all four systems: pointsub-tokio,
 /// pointsub-async-std, request-response and raw-tcp, in one process.
 #[derive(Debug, Parser)]
 #[command(
     name = "compare",
-    bin_name = "cargo bench -p pointsub-tokio --bench compare --"
+    bin_name = "cargo bench -p pointsub-async-std --bench compare --"
 )]
 struct Cli {
     /// Log more on stderr: -v info, -vv debug, -vvv trace (default: warn).

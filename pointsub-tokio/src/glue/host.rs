@@ -65,11 +65,11 @@ use std::time::Duration;
 use futures::future::{self, Either};
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 
-use crate::behaviour::{
+use super::behaviour::{
     AlreadyRegistered, Behaviour, Closed, Connect, Control, DialError, IncomingStreams,
     OpenStreamError,
 };
-use crate::rt::Runtime;
+use super::rt::Runtime;
 
 /// How long an open or dial waits for the swarm to poll the behaviour at
 /// all before failing with [`OpenStreamError::NotPolled`]: 5 s. A swarm

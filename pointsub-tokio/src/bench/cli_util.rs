@@ -1,5 +1,5 @@
 //! Small helpers shared by the `pointsub` binary and the `compare` bench
-//! target (which includes this file by path, as it does `src/bench`).
+//! target of pointsub-async-std: logging set-up and error chains.
 
 use std::error::Error;
 

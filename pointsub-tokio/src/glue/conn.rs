@@ -48,9 +48,9 @@ use futures::stream::{FusedStream, StreamExt};
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::{PeerId, Stream, StreamProtocol};
 
-use crate::behaviour::{IncomingStreams, OpenStreamError};
-use crate::host::Host;
-use crate::rt::{BoxSleep, Runtime};
+use super::behaviour::{IncomingStreams, OpenStreamError};
+use super::host::Host;
+use super::rt::{BoxSleep, Runtime};
 
 /// Default read and write inactivity timeout of a [`Conn`]: 30 s (the
 /// PointSub spec's read/write timeouts).

@@ -21,11 +21,11 @@ use pointsub_proto::{
 };
 use tracing::Instrument;
 
-use crate::behaviour::{Control, OpenStreamError};
-use crate::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
-use crate::host::Host;
-use crate::rt::Runtime;
-use crate::server::ConnectionInfo;
+use super::behaviour::{Control, OpenStreamError};
+use super::common::{ConnectionInfo, peer_id, peer_key};
+use super::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
+use super::host::Host;
+use super::rt::Runtime;
 
 /// A response from [`Client::send_closest`]: the body and the node that
 /// answered it.
@@ -123,16 +123,6 @@ impl RequestErrorExt for RequestError {
             _ => None,
         }
     }
-}
-
-/// The key the core knows a peer by.
-pub(crate) fn peer_key(peer: &PeerId) -> PeerKey {
-    PeerKey::from(peer.to_bytes())
-}
-
-/// The peer behind a core key (always one of ours).
-pub(crate) fn peer_id(key: &PeerKey) -> Option<PeerId> {
-    PeerId::from_bytes(key.as_bytes()).ok()
 }
 
 /// A protocol name as the core knows it, refused unless libp2p accepts it.
@@ -597,7 +587,11 @@ impl<R: Runtime> Client<R> {
             let state = shared.lock();
             state.core.connections(shared.now())
         };
-        ConnectionInfo::from_core(&shared.node, infos)
+        ConnectionInfo::from_core(
+            shared.node.runtime().now(),
+            |peer| shared.node.control().remote_addr(peer),
+            infos,
+        )
     }
 
     /// Closes the client: requests in flight end with

@@ -1,0 +1,90 @@
+//! What the client and the server (and the rest of the glue) share: the
+//! conversions between libp2p's [`PeerId`] and the core's [`PeerKey`], the
+//! public [`ConnectionInfo`] both report their pooled streams as, and the
+//! one mutex helper, [`lock`].
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use pointsub_proto::{PeerKey, StreamId};
+
+/// Locks a mutex, ignoring poisoning: every critical section of the glue
+/// leaves the state it guards consistent across every early return, so a
+/// panic elsewhere must not cascade.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The key the core knows a peer by.
+pub(crate) fn peer_key(peer: &PeerId) -> PeerKey {
+    PeerKey::from(peer.to_bytes())
+}
+
+/// The peer behind a core key (always one of ours).
+pub(crate) fn peer_id(key: &PeerKey) -> Option<PeerId> {
+    PeerId::from_bytes(key.as_bytes()).ok()
+}
+
+/// One pooled stream, as [`Server::connections_info`](crate::generic::Server::connections_info) and
+/// [`Client::connections_info`](crate::generic::Client::connections_info)
+/// report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The remote peer.
+    pub peer: PeerId,
+    /// The remote's address on the connection the stream rides on, if
+    /// still connected.
+    pub remote_addr: Option<Multiaddr>,
+    /// The stream's protocol.
+    pub protocol: String,
+    /// The core's id of the stream.
+    pub stream: StreamId,
+    /// When the stream last carried bytes.
+    pub last_active: Instant,
+    /// How long it has been idle.
+    pub idle: Duration,
+    /// How long it has been open.
+    pub age: Duration,
+    /// Bytes received on it (as on the wire: compressed bodies count
+    /// compressed).
+    pub bytes_in: u64,
+    /// Bytes sent on it (as on the wire).
+    pub bytes_out: u64,
+    /// Requests it carried to completion.
+    pub requests: u64,
+    /// Requests on it now.
+    pub in_flight: usize,
+}
+
+impl ConnectionInfo {
+    /// The public view of the core's `infos`, at `now` (the runtime's
+    /// clock), with each peer's address from `remote_addr`.
+    pub(crate) fn from_core(
+        now: Instant,
+        remote_addr: impl Fn(&PeerId) -> Option<Multiaddr>,
+        infos: Vec<pointsub_proto::ConnectionInfo>,
+    ) -> Vec<Self> {
+        infos
+            .into_iter()
+            .filter_map(|c| {
+                let peer = peer_id(&c.remote)?;
+                let busy = c.last_active.saturating_duration_since(c.opened_at);
+                Some(Self {
+                    peer,
+                    remote_addr: remote_addr(&peer),
+                    protocol: c.protocol.as_str().to_owned(),
+                    stream: c.stream,
+                    last_active: now.checked_sub(c.idle).unwrap_or(now),
+                    idle: c.idle,
+                    age: c.idle + busy,
+                    bytes_in: c.bytes_in,
+                    bytes_out: c.bytes_out,
+                    requests: c.requests,
+                    in_flight: c.in_flight,
+                })
+            })
+            .collect()
+    }
+}

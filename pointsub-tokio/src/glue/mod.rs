@@ -1,0 +1,23 @@
+//! The runtime-neutral glue between libp2p and the sans-IO core: no tokio,
+//! no async-std, only `futures` and libp2p's poll model, parameterised by a
+//! [`Runtime`](crate::Runtime). The runtime crates (this one's
+//! `tokio-runtime` feature, pointsub-async-std) fill the runtime in.
+//!
+//! - [`behaviour`]: the libp2p [`NetworkBehaviour`](libp2p::swarm::NetworkBehaviour)
+//!   and its control handle, connection handler and shared state;
+//! - [`host`]: the behaviour's handle plus a runtime, what everything
+//!   above it is built on; [`node`]: a swarm of its own, driven by a task;
+//! - [`client`], [`server`], [`conn`]: the public APIs; `driver` moves one
+//!   core's bytes between its streams and the runtime;
+//! - `common`: what client and server share (peer keys, connection info,
+//!   the mutex helper).
+
+pub mod behaviour;
+pub mod client;
+mod common;
+pub mod conn;
+pub(crate) mod driver;
+pub mod host;
+pub mod node;
+pub mod rt;
+pub mod server;
