@@ -62,27 +62,11 @@ use super::common::lock;
 use super::host::Host;
 use super::rt::Runtime;
 
-/// Streams allowed per connection by [`yamux_config`] and inbound streams
-/// allowed to negotiate at once by [`tune_swarm_config`]: 1024, leaving
-/// yamux room to grow the windows of fast streams (see the
-/// [module docs](self)).
-pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
+pub use super::behaviour::{MAX_STREAMS_PER_CONNECTION, swarm_limits, yamux_config};
 
 /// How long [`Node::from_swarm`] waits for its listeners to report an
 /// address: 10 s.
 pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Events from the behaviour to each connection that may queue before the
-/// swarm pauses polling the behaviour (libp2p's default is 8).
-const NOTIFY_HANDLER_BUFFER: usize = 64;
-
-/// The yamux configuration every pointsub node uses: default, with
-/// [`MAX_STREAMS_PER_CONNECTION`] streams per connection.
-pub fn yamux_config() -> libp2p::yamux::Config {
-    let mut config = libp2p::yamux::Config::default();
-    config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
-    config
-}
 
 /// Applies pointsub's swarm settings to a runtime's base config: the idle
 /// connection timeout and [`swarm_limits`].
@@ -91,21 +75,6 @@ pub fn tune_swarm_config(
     idle_connection_timeout: Duration,
 ) -> libp2p::swarm::Config {
     swarm_limits(config).with_idle_connection_timeout(idle_connection_timeout)
-}
-
-/// pointsub's stream limits on a swarm config, nothing else:
-/// [`MAX_STREAMS_PER_CONNECTION`] concurrently negotiating inbound streams
-/// (libp2p's default is 128) and a deeper behaviour-to-handler buffer (64
-/// events instead of 8). [`Control::swarm_config`] applies it and records
-/// that it did.
-///
-/// [`Control::swarm_config`]: crate::Control::swarm_config
-pub fn swarm_limits(config: libp2p::swarm::Config) -> libp2p::swarm::Config {
-    let buffer =
-        std::num::NonZeroUsize::new(NOTIFY_HANDLER_BUFFER).unwrap_or(std::num::NonZeroUsize::MIN);
-    config
-        .with_max_negotiating_inbound_streams(MAX_STREAMS_PER_CONNECTION)
-        .with_notify_handler_buffer_size(buffer)
 }
 
 /// Default idle connection timeout: 5 minutes.

@@ -333,10 +333,10 @@ impl Control {
     /// in. Taking it here also records that the swarm uses it, which
     /// silences the start-up warning about libp2p's default of 512.
     ///
-    /// [`yamux_config`]: crate::node::yamux_config
+    /// [`yamux_config`]: super::yamux_config
     pub fn yamux_config(&self) -> libp2p::yamux::Config {
         self.shared.yamux_limit_set.store(true, Ordering::Relaxed);
-        crate::node::yamux_config()
+        super::yamux_config()
     }
 
     /// Applies pointsub's stream limits to the configuration of the swarm
@@ -345,10 +345,10 @@ impl Control {
     /// from behaviours to connections), and records that it did. Other
     /// settings (timeouts, executor) are left as they are.
     ///
-    /// [`swarm_limits`]: crate::node::swarm_limits
+    /// [`swarm_limits`]: super::swarm_limits
     pub fn swarm_config(&self, config: libp2p::swarm::Config) -> libp2p::swarm::Config {
         self.shared.swarm_limit_set.store(true, Ordering::Relaxed);
-        crate::node::swarm_limits(config)
+        super::swarm_limits(config)
     }
 
     /// Declares that the swarm's limits were raised by other means (at
@@ -356,7 +356,7 @@ impl Control {
     /// or no yamux at all, and as many negotiating inbound streams), which
     /// silences the start-up warning.
     ///
-    /// [`MAX_STREAMS_PER_CONNECTION`]: crate::node::MAX_STREAMS_PER_CONNECTION
+    /// [`MAX_STREAMS_PER_CONNECTION`]: super::MAX_STREAMS_PER_CONNECTION
     pub fn assume_stream_limits(&self) {
         self.shared.yamux_limit_set.store(true, Ordering::Relaxed);
         self.shared.swarm_limit_set.store(true, Ordering::Relaxed);

@@ -52,7 +52,7 @@
 //! # Limits worth knowing
 //!
 //! With yamux, the number of streams per connection is capped by the muxer
-//! config (see [`crate::node::MAX_STREAMS_PER_CONNECTION`]). Going past it
+//! config (see [`MAX_STREAMS_PER_CONNECTION`]). Going past it
 //! is not a per-stream error in libp2p 0.57: the opener's swarm treats the
 //! muxer's "too many streams" as fatal for the whole connection, and the
 //! receiving yamux closes the connection too. Higher layers must bound the
@@ -79,10 +79,12 @@ use crate::glue::common::lock;
 
 mod control;
 mod handler;
+mod limits;
 mod shared;
 
 pub use control::*;
 pub use handler::*;
+pub use limits::{MAX_STREAMS_PER_CONNECTION, swarm_limits, yamux_config};
 use shared::*;
 
 /// Default bound on opening one substream (muxer wait plus protocol
