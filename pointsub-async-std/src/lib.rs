@@ -52,7 +52,7 @@
 //! `control.yamux_config()`) and its swarm config with
 //! `control.swarm_config(..)`, keeps polling the swarm itself, and builds
 //! clients, servers and raw connections on `behaviour.host(AsyncStdRuntime::new())`,
-//! a [`Host`]. `examples/own_swarm.rs` does it under smol.
+//! a [`Host`]. `examples/smol_own_swarm.rs` does it under smol.
 //!
 //! # Layout
 //!
@@ -99,7 +99,7 @@ pub use transport::{BuildError, TcpTransport, build_swarm, build_transport};
 /// [`Listener`] and [`Conn`] are built from. Every [`Node`] is one (`&node`);
 /// an application with a swarm of its own makes one with
 /// `behaviour.host(AsyncStdRuntime::new())` (see
-/// [`pointsub_tokio::host`] and `examples/own_swarm.rs`).
+/// [`pointsub_tokio::host`] and `examples/smol_own_swarm.rs`).
 pub type Host = pointsub_tokio::generic::Host<AsyncStdRuntime>;
 
 /// A running libp2p host on async-std / smol: identity, listen addresses,

@@ -6,7 +6,7 @@
 //! requests go both ways over the one connection the applications share,
 //! while identify and ping go on beside them.
 //!
-//! Run with `cargo run -p pointsub-async-std --example own_swarm`.
+//! Run with `cargo run -p pointsub-async-std --example smol_own_swarm`.
 
 use std::time::Duration;
 
