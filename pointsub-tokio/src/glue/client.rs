@@ -279,6 +279,10 @@ impl<R: Runtime> Side<R> for State {
         self.core.poll_timeout()
     }
 
+    fn connections(&self, now: Instant) -> Vec<pointsub_proto::ConnectionInfo> {
+        self.core.connections(now)
+    }
+
     fn handle_timeout(&mut self, now: Instant) {
         if !self.plumbing.stopped {
             self.core.handle_timeout(now);
@@ -582,16 +586,7 @@ impl<R: Runtime> Client<R> {
 
     /// The pooled streams open now, with their traffic.
     pub fn connections_info(&self) -> Vec<ConnectionInfo> {
-        let shared = self.shared();
-        let infos = {
-            let state = shared.lock();
-            state.core.connections(shared.now())
-        };
-        ConnectionInfo::from_core(
-            shared.node.runtime().now(),
-            |peer| shared.node.control().remote_addr(peer),
-            infos,
-        )
+        self.shared().connections_info()
     }
 
     /// Closes the client: requests in flight end with

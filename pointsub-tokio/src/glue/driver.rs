@@ -20,6 +20,7 @@ use libp2p::Stream;
 use pointsub_proto::{StreamId, Transmit};
 
 use super::behaviour::Closed;
+use super::common::ConnectionInfo;
 use super::host::Host;
 use super::rt::{BoxSleep, Clock, Runtime};
 
@@ -500,6 +501,9 @@ pub(crate) trait Side<R: Runtime>: Send + Sized + 'static {
     /// Runs the core's due timers.
     fn handle_timeout(&mut self, now: pointsub_proto::Instant);
 
+    /// The core's view of the streams open now.
+    fn connections(&self, now: pointsub_proto::Instant) -> Vec<pointsub_proto::ConnectionInfo>;
+
     /// A stream's task ended.
     fn stream_finished(&mut self, id: StreamId) {
         self.plumbing().remove(id);
@@ -555,6 +559,16 @@ impl<R: Runtime, S: Side<R>> Driver<R, S> {
     /// The core's time now.
     pub(crate) fn now(&self) -> pointsub_proto::Instant {
         self.clock.core_time(self.node.runtime().now())
+    }
+
+    /// The streams open now, with their peer's address and traffic.
+    pub(crate) fn connections_info(&self) -> Vec<ConnectionInfo> {
+        let infos = self.lock().connections(self.now());
+        ConnectionInfo::from_core(
+            self.node.runtime().now(),
+            |peer| self.node.control().remote_addr(peer),
+            infos,
+        )
     }
 
     /// The side's state, locked (for reads and calls that need no drain).

@@ -274,6 +274,10 @@ impl<R: Runtime> Side<R> for State {
         self.core.poll_timeout()
     }
 
+    fn connections(&self, now: Instant) -> Vec<pointsub_proto::ConnectionInfo> {
+        self.core.connections(now)
+    }
+
     fn handle_timeout(&mut self, now: Instant) {
         self.core.handle_timeout(now);
     }
@@ -494,16 +498,7 @@ impl<R: Runtime> Server<R> {
     /// The inbound streams open now: remote peer and address, last
     /// activity, idle time, bytes each way and requests carried.
     pub fn connections_info(&self) -> Vec<ConnectionInfo> {
-        let shared = self.shared();
-        let infos = {
-            let state = shared.lock();
-            state.core.connections(shared.now())
-        };
-        ConnectionInfo::from_core(
-            shared.node.runtime().now(),
-            |peer| shared.node.control().remote_addr(peer),
-            infos,
-        )
+        self.shared().connections_info()
     }
 
     /// Requests being handled now.
