@@ -377,10 +377,11 @@ async fn a_wrong_peer_id_falls_back_to_the_peers_other_addresses() {
         assert_eq!(reply, Bytes::from(target.peer_id().to_bytes()));
         assert!(t.elapsed() < AT_ONCE + SLACK, "{:?}", t.elapsed());
         assert_eq!(client.metrics().attempts, 1, "no retry was needed");
-        assert_eq!(
-            client_node.control().addresses_of(&target.peer_id()),
-            vec![good],
-            "the stale address was dropped, the good one kept"
+        // Identify may add the target's own listen addresses beside them.
+        let known = client_node.control().addresses_of(&target.peer_id());
+        assert!(
+            !known.contains(&stale) && known.contains(&good),
+            "the stale address was dropped, the good one kept: {known:?}"
         );
     })
     .await;
