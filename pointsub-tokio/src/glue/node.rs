@@ -1,9 +1,9 @@
-//! [`Node`]: a libp2p swarm with a [`Behaviour`], driven by a task on
+//! [`Node`]: a libp2p swarm with a [`Behaviour`](crate::Behaviour), driven by a task on
 //! any [`Runtime`].
 //!
 //! A node is the embedded default: it builds and drives a swarm whose only
 //! behaviour is pointsub's, and is a [`Host`] (it dereferences to one) like
-//! the host an application makes from a [`Behaviour`] in a swarm of its
+//! the host an application makes from a [`Behaviour`](crate::Behaviour) in a swarm of its
 //! own (see [`crate::host`]). Clients, servers and raw connections work
 //! on either through the same code.
 //!
@@ -349,11 +349,11 @@ pub enum NodeError {
     /// Listeners were started but none reported an address in time.
     #[error("no listen address became available: {0}")]
     NoListenAddr(String),
-    /// The swarm's identity is not the one its [`Behaviour`] was made for
-    /// ([`Behaviour::new`] takes the swarm's peer id).
+    /// The swarm's identity is not the one its [`Behaviour`](crate::Behaviour) was made for
+    /// ([`Behaviour::new`](crate::Behaviour::new) takes the swarm's peer id).
     #[error("the behaviour was made for peer {behaviour}, not for the swarm's identity")]
     PeerIdMismatch {
-        /// The id given to [`Behaviour::new`].
+        /// The id given to [`Behaviour::new`](crate::Behaviour::new).
         behaviour: PeerId,
     },
 }
