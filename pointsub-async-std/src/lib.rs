@@ -85,11 +85,11 @@ pub mod transport;
 
 pub use pointsub_tokio::{
     AlreadyRegistered, Behaviour, ClientConfig, ClientMetrics, Closed, ClosestOptions, ConfigError,
-    ConnError, Connect, ConnectionInfo, ConnectionPath, Control, DEFAULT_CONN_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_CONNECTION_TIMEOUT, DialError, HandlerError, IncomingStreams, Multiaddr,
-    NOT_POLLED_TIMEOUT, NodeConfig, NodeError, NodeRuntime, OpenStream, OpenStreamError, OpenStreamWithPath, PeerId,
-    RequestError, Response, Runtime, RuntimeExecutor, ServerConfig, ServerMetrics, StartError,
-    Stream, StreamLimits, StreamProtocol, libp2p, proto,
+    ConnError, Connect, ConnectionInfo, ConnectionPath, Control, DEFAULT_CONN_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, DialError, HandlerError,
+    IncomingStreams, Multiaddr, NOT_POLLED_TIMEOUT, NodeConfig, NodeError, NodeRuntime, OpenStream,
+    OpenStreamError, OpenStreamWithPath, PeerId, RequestError, Response, Runtime, RuntimeExecutor,
+    ServerConfig, ServerMetrics, StartError, Stream, StreamLimits, StreamProtocol, libp2p, proto,
 };
 pub use rt::AsyncStdRuntime;
 pub use transport::{BuildError, TcpTransport, build_swarm, build_transport};

@@ -71,7 +71,11 @@ async fn start_relay(config: relay::Config) -> Multiaddr {
     let id = keypair.public().to_peer_id();
     let mut swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .expect("tcp")
         .with_behaviour(|_| RelayServer {
             relay: relay::Behaviour::new(id, config),
@@ -132,10 +136,7 @@ impl Peer {
             .expect("tcp")
             .with_relay_client(noise::Config::new, move || control2.yamux_config())
             .expect("relay client")
-            .with_behaviour(|_, relay| PeerBehaviour {
-                pointsub,
-                relay,
-            })
+            .with_behaviour(|_, relay| PeerBehaviour { pointsub, relay })
             .expect("behaviour")
             .with_swarm_config(|c| {
                 control
@@ -254,10 +255,12 @@ fn load(
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
                     let body = Bytes::from(format!("worker {w} request {i} {}", "x".repeat(600)));
-                    let result =
-                        tokio::time::timeout(REQUEST_BOUND, client.send(server, ECHO, body.clone()))
-                            .await
-                            .unwrap_or_else(|_| panic!("request {i} of worker {w} hung"));
+                    let result = tokio::time::timeout(
+                        REQUEST_BOUND,
+                        client.send(server, ECHO, body.clone()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| panic!("request {i} of worker {w} hung"));
                     match result {
                         Ok(answer) => {
                             assert_eq!(answer, body, "wrong answer");
@@ -362,7 +365,10 @@ async fn new_streams_move_to_a_direct_connection_and_relayed_ones_drain() {
         finish(workers).await;
 
         let errors = tally.errors.lock().expect("lock").clone();
-        assert!(errors.is_empty(), "requests failed across the switch: {errors:?}");
+        assert!(
+            errors.is_empty(),
+            "requests failed across the switch: {errors:?}"
+        );
         assert!(tally.ok.load(Ordering::Relaxed) > switch_at);
         eprintln!(
             "switch: {} requests before, {} in all, {} streams were relayed",
@@ -437,7 +443,10 @@ async fn circuits_ending_mid_traffic_end_every_request_and_new_ones_take_the_nex
         eprintln!("relayed: {ok} answered, {} typed errors", errors.len());
         assert!(ok > 0, "nothing answered through the relay");
         for e in &errors {
-            assert!(is_path_error(e), "unexpected error when a circuit ends: {e:?}");
+            assert!(
+                is_path_error(e),
+                "unexpected error when a circuit ends: {e:?}"
+            );
             assert!(e.is_retryable());
         }
 
@@ -502,26 +511,52 @@ async fn a_circuit_over_its_byte_limit_ends_requests_typed_and_the_next_circuit_
             .connect_addr(circuit)
             .await
             .expect("dial the circuit");
+        let control = client_peer.host.control().clone();
+        let first: Vec<_> = control
+            .connections_to(&server)
+            .iter()
+            .map(|p| p.connection)
+            .collect();
         let client = Client::new(
             &client_peer.host,
             ClientConfig::default().with_retry_interval(Duration::from_millis(100)),
         )
         .expect("client");
+        // A client that never retries: what a circuit's end does to the
+        // requests on it shows as its typed errors.
+        let once = Client::new(&client_peer.host, ClientConfig::default().with_max_retries(0))
+            .expect("client");
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
-        let workers = load(&client, server, 2, &stop, &tally);
+        let once_tally = Arc::new(Tally::default());
+        let mut workers = load(&client, server, 2, &stop, &tally);
+        workers.extend(load(&once, server, 2, &stop, &once_tally));
         // Far more than one circuit's worth of bytes.
         eventually("traffic over several circuits", || {
             tally.ok.load(Ordering::Relaxed) + tally.failed.load(Ordering::Relaxed) >= 100
+                && once_tally.failed.load(Ordering::Relaxed) >= 1
         })
         .await;
         stop.store(true, Ordering::Relaxed);
         finish(workers).await;
+        assert!(
+            control
+                .connections_to(&server)
+                .iter()
+                .all(|p| !first.contains(&p.connection)),
+            "the first circuit never ended"
+        );
         let ok = tally.ok.load(Ordering::Relaxed);
         let errors = tally.errors.lock().expect("lock").clone();
-        eprintln!("byte-limited: {ok} answered, {} typed errors", errors.len());
+        let once_errors = once_tally.errors.lock().expect("lock").clone();
+        eprintln!(
+            "byte-limited: {ok} answered, {} typed errors; without retries: {} answered, {} typed errors",
+            errors.len(),
+            once_tally.ok.load(Ordering::Relaxed),
+            once_errors.len()
+        );
         assert!(ok >= 50, "circuits did not carry requests: {ok}, {errors:?}");
-        for e in &errors {
+        for e in errors.iter().chain(&once_errors) {
             assert!(is_path_error(e), "unexpected error: {e:?}");
         }
         let answer = tokio::time::timeout(

@@ -131,9 +131,8 @@ impl State {
     /// Tells the path watchers that `peer` now has (or no longer has) a
     /// direct connection; forgets the watchers that are gone.
     pub(super) fn announce_path(&mut self, peer: PeerId, direct: bool) {
-        self.path_watchers.retain(|(_, tx)| {
-            tx.unbounded_send(PathChange { peer, direct }).is_ok()
-        });
+        self.path_watchers
+            .retain(|(_, tx)| tx.unbounded_send(PathChange { peer, direct }).is_ok());
     }
 }
 
