@@ -236,8 +236,19 @@ struct Tally {
     errors: std::sync::Mutex<Vec<RequestError>>,
 }
 
-/// Runs `workers` loops of requests to `server` until `stop`; each request
-/// checks its answer and must end within [`REQUEST_BOUND`].
+/// Sets its flag when dropped, so that load workers stop even when the
+/// test fails half-way (a runtime cannot shut down under busy tasks).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `workers` loops of requests to `server` until `stop` (or the
+/// client closes); each request checks its answer and must end within
+/// [`REQUEST_BOUND`].
 fn load(
     client: &Client,
     server: PeerId,
@@ -252,7 +263,7 @@ fn load(
             let tally = tally.clone();
             tokio::spawn(async move {
                 let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) && !client.is_closed() {
                     i += 1;
                     let body = Bytes::from(format!("worker {w} request {i} {}", "x".repeat(600)));
                     let result = tokio::time::timeout(
@@ -271,6 +282,7 @@ fn load(
                             tally.errors.lock().expect("lock").push(e);
                         }
                     }
+                    tokio::task::yield_now().await;
                 }
             })
         })
@@ -310,6 +322,7 @@ async fn new_streams_move_to_a_direct_connection_and_relayed_ones_drain() {
 
         let client = Client::new(&client_peer.host, ClientConfig::default()).expect("client");
         let stop = Arc::new(AtomicBool::new(false));
+        let _stop_guard = StopOnDrop(stop.clone());
         let tally = Arc::new(Tally::default());
         let workers = load(&client, server, 8, &stop, &tally);
         eventually("requests succeed through the relay", || {
@@ -331,6 +344,7 @@ async fn new_streams_move_to_a_direct_connection_and_relayed_ones_drain() {
             .connect_addr(server_peer.direct.clone())
             .await
             .expect("dial the direct address");
+        let direct_up = std::time::Instant::now();
         assert_eq!(direct, server);
         assert!(control.has_direct_connection(&server));
         let best = control.best_path(&server).expect("connected");
@@ -340,11 +354,17 @@ async fn new_streams_move_to_a_direct_connection_and_relayed_ones_drain() {
         assert!(control.connections_to(&server).iter().any(|p| p.relayed));
 
         // The relayed streams finish and close; new ones are direct.
+        eventually("a stream on the direct connection", || {
+            client.connections_info().iter().any(|c| !c.relayed)
+        })
+        .await;
+        let first_direct = direct_up.elapsed();
         eventually("every pooled stream is on the direct connection", || {
             let now = client.connections_info();
             !now.is_empty() && now.iter().all(|c| !c.relayed)
         })
         .await;
+        let drained = direct_up.elapsed();
         let after = client.connections_info();
         for c in &after {
             assert!(
@@ -371,10 +391,13 @@ async fn new_streams_move_to_a_direct_connection_and_relayed_ones_drain() {
         );
         assert!(tally.ok.load(Ordering::Relaxed) > switch_at);
         eprintln!(
-            "switch: {} requests before, {} in all, {} streams were relayed",
+            "switch: {} requests before, {} in all, {} streams were relayed; \
+             after the direct connection: first direct stream {:?}, relayed streams drained {:?}",
             switch_at,
             tally.ok.load(Ordering::Relaxed),
-            relayed_streams.len()
+            relayed_streams.len(),
+            first_direct,
+            drained
         );
     })
     .await;
@@ -423,6 +446,7 @@ async fn circuits_ending_mid_traffic_end_every_request_and_new_ones_take_the_nex
         // Traffic across several circuit ends (each circuit lives 1 s).
         let client = Client::new(&client_peer.host, ClientConfig::default()).expect("client");
         let stop = Arc::new(AtomicBool::new(false));
+        let _stop_guard = StopOnDrop(stop.clone());
         let tally = Arc::new(Tally::default());
         let workers = load(&client, server, 4, &stop, &tally);
         let first_ids: Vec<_> = first.iter().map(|p| p.connection).collect();
@@ -470,6 +494,7 @@ async fn circuits_ending_mid_traffic_end_every_request_and_new_ones_take_the_nex
             .await
             .expect("dial the direct address");
         let stop = Arc::new(AtomicBool::new(false));
+        let _stop_guard = StopOnDrop(stop.clone());
         let tally = Arc::new(Tally::default());
         let workers = load(&client, server, 4, &stop, &tally);
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -527,6 +552,7 @@ async fn a_circuit_over_its_byte_limit_ends_requests_typed_and_the_next_circuit_
         let once = Client::new(&client_peer.host, ClientConfig::default().with_max_retries(0))
             .expect("client");
         let stop = Arc::new(AtomicBool::new(false));
+        let _stop_guard = StopOnDrop(stop.clone());
         let tally = Arc::new(Tally::default());
         let once_tally = Arc::new(Tally::default());
         let mut workers = load(&client, server, 2, &stop, &tally);
