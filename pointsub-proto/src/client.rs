@@ -241,6 +241,8 @@ struct Stream {
     last_active: Instant,
     bytes_in: u64,
     requests: u64,
+    /// The adapter said it rides on a relayed connection.
+    relayed: bool,
 }
 
 impl HasOutgoing for Stream {
@@ -286,6 +288,8 @@ pub struct Client {
     events: VecDeque<ClientEvent>,
     /// Whether a peer said it accepts deflate (learned from its frames).
     peer_deflate: BTreeMap<PeerKey, bool>,
+    /// Peers the adapter said have a direct (not relayed) connection now.
+    direct_paths: BTreeSet<PeerKey>,
     next_request: u64,
     next_wire: u64,
     metrics: ClientMetrics,
@@ -314,6 +318,7 @@ impl Client {
             timers: BTreeSet::new(),
             events: VecDeque::new(),
             peer_deflate: BTreeMap::new(),
+            direct_paths: BTreeSet::new(),
             next_request: 1,
             next_wire: 1,
             metrics: ClientMetrics::default(),
@@ -611,6 +616,62 @@ impl Client {
         }
     }
 
+    /// `stream` (opened, or still opening) rides on a relayed connection
+    /// (through a relay's circuit), as the adapter learned when it opened
+    /// it. While its peer has a direct connection too (see
+    /// [`Client::handle_direct_path`]) the stream is retired: no new
+    /// request is sent on it, the requests on it finish, then it is closed
+    /// ([`ClientEvent::CloseStream`]), and new requests open a stream,
+    /// which the adapter puts on the direct connection.
+    pub fn handle_stream_relayed(&mut self, stream: StreamId, now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.relayed = true;
+        if self.direct_paths.contains(&s.key.0) {
+            self.pool.retire(stream, now);
+            self.drain_pool(now);
+        }
+    }
+
+    /// Whether `peer` has a direct (not relayed) connection now, as the
+    /// adapter sees its connections come and go. When one appears, the
+    /// peer's streams on relayed connections are retired (see
+    /// [`Client::handle_stream_relayed`]); when the last one goes, streams
+    /// opened on a relayed connection from then on are used as any other.
+    /// Peers start without a direct path.
+    pub fn handle_direct_path(&mut self, peer: &PeerKey, direct: bool, now: Instant) {
+        if !direct {
+            self.direct_paths.remove(peer);
+            return;
+        }
+        if !self.direct_paths.insert(peer.clone()) {
+            return;
+        }
+        let relayed: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.relayed && s.key.0 == *peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for stream in relayed {
+            self.pool.retire(stream, now);
+        }
+        self.drain_pool(now);
+    }
+
+    /// Whether the adapter reported `stream` as riding on a relayed
+    /// connection ([`Client::handle_stream_relayed`]).
+    pub fn is_relayed(&self, stream: StreamId) -> bool {
+        self.streams.get(&stream).is_some_and(|s| s.relayed)
+    }
+
+    /// Whether `stream` is retired: no new request goes on it, and it
+    /// closes once the requests on it end.
+    pub fn is_retired(&self, stream: StreamId) -> bool {
+        self.pool.is_retired(stream)
+    }
+
     /// The remote reset `stream`, or it broke.
     pub fn handle_stream_reset(&mut self, stream: StreamId, now: Instant) {
         self.fail_stream(
@@ -842,6 +903,7 @@ impl Client {
                 last_active: now,
                 bytes_in: 0,
                 requests: 0,
+                relayed: false,
             },
         );
     }

@@ -28,6 +28,15 @@
 //! idle for `idle_timeout`, or when more than `max_idle` streams are idle
 //! (least recently used first).
 //!
+//! # Retiring
+//!
+//! [`StreamPool::retire`] takes a stream out of service without breaking
+//! it (for instance a stream on a relayed connection once a direct one to
+//! the same peer exists): no request is handed a slot on it any more, the
+//! requests already on it finish, and it comes out of
+//! [`StreamPool::poll_close`] as soon as it is open with none left. Until
+//! then it still counts towards `max_total`.
+//!
 //! # Polling
 //!
 //! After every mutating call, drain [`StreamPool::poll_grant`] and
@@ -129,6 +138,9 @@ pub struct PoolStats {
     pub in_flight: usize,
     /// Queued waiters.
     pub waiting: usize,
+    /// Streams retired ([`StreamPool::retire`]) whose requests are still
+    /// finishing (counted in `total` too).
+    pub retiring: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +156,8 @@ struct Stream<K> {
     in_flight: usize,
     /// `Some` exactly when the stream is in the idle set, with its entry's time.
     idle_since: Option<Instant>,
+    /// Retired: out of its key's load index, closed once its requests end.
+    retired: bool,
 }
 
 /// A grant made but not yet polled.
@@ -196,6 +210,8 @@ pub struct StreamPool<K: Ord + Clone> {
     /// Keys whose waiters were re-queued by a revoked grant, to be served.
     requeued: BTreeSet<K>,
     closes: VecDeque<StreamId>,
+    /// Streams retired and not yet closed.
+    retiring: usize,
 }
 
 impl<K: Ord + Clone> StreamPool<K> {
@@ -220,6 +236,7 @@ impl<K: Ord + Clone> StreamPool<K> {
             grants: VecDeque::new(),
             requeued: BTreeSet::new(),
             closes: VecDeque::new(),
+            retiring: 0,
         }
     }
 
@@ -265,9 +282,16 @@ impl<K: Ord + Clone> StreamPool<K> {
         let after = slot_of(stream, s);
         self.opening -= 1;
         let key = s.key.clone();
-        reindex(&mut self.by_key, &key, before, after);
-        if s.in_flight == 0 {
-            self.mark_idle(stream, now);
+        if s.retired {
+            if s.in_flight == 0 {
+                // Every request on it ended while it opened.
+                self.evict(stream);
+            }
+        } else {
+            reindex(&mut self.by_key, &key, before, after);
+            if s.in_flight == 0 {
+                self.mark_idle(stream, now);
+            }
         }
         self.settle(Some(&key), now);
     }
@@ -288,9 +312,17 @@ impl<K: Ord + Clone> StreamPool<K> {
         let after = slot_of(stream, s);
         self.in_flight -= 1;
         let key = s.key.clone();
-        reindex(&mut self.by_key, &key, before, after);
-        if s.in_flight == 0 && s.state == State::Open {
-            self.mark_idle(stream, now);
+        if s.retired {
+            if s.in_flight == 0 && s.state == State::Open {
+                // Its last request ended: close it, and its room goes to
+                // waiters.
+                self.evict(stream);
+            }
+        } else {
+            reindex(&mut self.by_key, &key, before, after);
+            if s.in_flight == 0 && s.state == State::Open {
+                self.mark_idle(stream, now);
+            }
         }
         self.settle(Some(&key), now);
     }
@@ -304,6 +336,44 @@ impl<K: Ord + Clone> StreamPool<K> {
         if let Some(s) = self.remove(stream) {
             self.settle(Some(&s.key), now);
         }
+    }
+
+    /// Takes `stream` out of service without breaking it: no request gets
+    /// a slot on it any more, the requests on it now finish as usual, and
+    /// it comes out of [`StreamPool::poll_close`] once it is open with no
+    /// request left (at once if it is idle). New requests of its key get
+    /// another stream. Ignored for an unknown or already retired stream.
+    pub fn retire(&mut self, stream: StreamId, now: Instant) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if s.retired {
+            return;
+        }
+        s.retired = true;
+        self.retiring += 1;
+        let slot = slot_of(stream, s);
+        let key = s.key.clone();
+        let done = s.state == State::Open && s.in_flight == 0;
+        if let Some(since) = s.idle_since.take() {
+            self.idle.remove(&(since, stream));
+        }
+        if let Some(set) = self.by_key.get_mut(&key) {
+            set.remove(&slot);
+            if set.is_empty() {
+                self.by_key.remove(&key);
+            }
+        }
+        if done {
+            self.evict(stream);
+        }
+        self.settle(Some(&key), now);
+    }
+
+    /// Whether `stream` was retired ([`StreamPool::retire`]) and is still
+    /// in the pool, its requests finishing.
+    pub fn is_retired(&self, stream: StreamId) -> bool {
+        self.streams.get(&stream).is_some_and(|s| s.retired)
     }
 
     /// Removes a queued waiter (its deadline passed or it was cancelled).
@@ -350,6 +420,7 @@ impl<K: Ord + Clone> StreamPool<K> {
         self.waiter_seq.clear();
         self.grants.clear();
         self.requeued.clear();
+        self.retiring = 0;
         ids
     }
 
@@ -407,6 +478,7 @@ impl<K: Ord + Clone> StreamPool<K> {
             idle: self.idle.len(),
             in_flight: self.in_flight,
             waiting: self.queue.len(),
+            retiring: self.retiring,
         }
     }
 
@@ -505,6 +577,7 @@ impl<K: Ord + Clone> StreamPool<K> {
                 state: State::Opening,
                 in_flight: 1,
                 idle_since: None,
+                retired: false,
             },
         );
         self.by_key
@@ -540,6 +613,9 @@ impl<K: Ord + Clone> StreamPool<K> {
         }
         if s.state == State::Opening {
             self.opening -= 1;
+        }
+        if s.retired {
+            self.retiring -= 1;
         }
         self.in_flight -= s.in_flight;
         Some(s)
@@ -663,16 +739,24 @@ impl<K: Ord + Clone> StreamPool<K> {
             let mut opening = 0;
             let mut in_flight = 0;
             let mut idle = 0;
+            let mut retiring = 0;
             for (id, s) in &self.streams {
                 assert!(s.in_flight <= cap, "stream {id} over its slot cap");
-                assert!(
-                    self.by_key
-                        .get(&s.key)
-                        .is_some_and(|set| set.contains(&slot_of(*id, s)))
-                );
+                let indexed = self
+                    .by_key
+                    .get(&s.key)
+                    .is_some_and(|set| set.contains(&slot_of(*id, s)));
+                assert_eq!(indexed, !s.retired, "load index entry of {id}");
+                retiring += usize::from(s.retired);
+                if s.retired {
+                    assert!(
+                        s.state == State::Opening || s.in_flight > 0,
+                        "retired stream {id} left unclosed"
+                    );
+                }
                 opening += usize::from(s.state == State::Opening);
                 in_flight += s.in_flight;
-                let should_idle = s.state == State::Open && s.in_flight == 0;
+                let should_idle = s.state == State::Open && s.in_flight == 0 && !s.retired;
                 assert_eq!(s.idle_since.is_some(), should_idle, "idle mark of {id}");
                 if let Some(since) = s.idle_since {
                     assert!(self.idle.contains(&(since, *id)));
@@ -683,9 +767,10 @@ impl<K: Ord + Clone> StreamPool<K> {
             assert_eq!(opening, self.opening);
             assert_eq!(in_flight, self.in_flight);
             assert_eq!(idle, self.idle.len());
+            assert_eq!(retiring, self.retiring);
             assert_eq!(
                 self.by_key.values().map(BTreeSet::len).sum::<usize>(),
-                self.streams.len()
+                self.streams.len() - retiring
             );
             assert!(self.by_key.values().all(|s| !s.is_empty()));
             assert!(self.requeued.is_empty());
@@ -1048,6 +1133,90 @@ mod tests {
         assert_eq!(p.in_flight(s), 0);
         assert_eq!(p.stats().in_flight, 0);
         assert_eq!(p.stats().idle, 1);
+    }
+
+    #[test]
+    fn retired_stream_finishes_its_requests_then_closes() {
+        let mut p = pool(10, 10, 4);
+        let s = open_one(&mut p, A, 1);
+        assert_eq!(p.acquire(&A, 2, t(0)), Acquire::Ready(s));
+        p.retire(s, t(1));
+        assert!(p.is_retired(s));
+        assert!(closes(&mut p).is_empty(), "closed with requests on it");
+        assert_eq!(p.stats().retiring, 1);
+        // New requests of the key get a new stream, not the retired one.
+        assert_eq!(p.acquire(&A, 3, t(1)), Acquire::Open(StreamId(2)));
+        p.opened(StreamId(2), t(1));
+        assert_eq!(p.acquire(&A, 4, t(1)), Acquire::Ready(StreamId(2)));
+        p.release(s, t(2));
+        assert!(closes(&mut p).is_empty());
+        assert_eq!(p.in_flight(s), 1);
+        p.release(s, t(3));
+        assert_eq!(closes(&mut p), [s]);
+        assert!(!p.contains(s));
+        let st = p.stats();
+        assert_eq!((st.total, st.retiring, st.idle, st.in_flight), (1, 0, 0, 2));
+        // Retiring again, or a stream that is gone, changes nothing.
+        p.retire(s, t(3));
+        assert_eq!(p.stats().retiring, 0);
+    }
+
+    #[test]
+    fn retired_idle_stream_closes_at_once() {
+        let mut p = pool(10, 10, 1);
+        let s = open_one(&mut p, A, 1);
+        p.release(s, t(1));
+        assert_eq!(p.stats().idle, 1);
+        p.retire(s, t(2));
+        assert_eq!(closes(&mut p), [s]);
+        assert_eq!(p.stats(), PoolStats::default());
+        assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn retired_opening_stream_serves_its_reserved_slots_then_closes() {
+        let mut p = pool(10, 10, 2);
+        let Acquire::Open(s) = p.acquire(&A, 1, t(0)) else {
+            panic!()
+        };
+        assert_eq!(p.acquire(&A, 2, t(0)), Acquire::Pending(s));
+        p.retire(s, t(0));
+        // Its free slot is no longer offered.
+        assert_eq!(p.acquire(&A, 3, t(0)), Acquire::Open(StreamId(2)));
+        p.opened(s, t(1));
+        assert!(closes(&mut p).is_empty());
+        p.release(s, t(1));
+        p.release(s, t(1));
+        assert_eq!(closes(&mut p), [s]);
+        // All its requests gave up while it opened: closed once open.
+        let Acquire::Open(s3) = p.acquire(&B, 4, t(2)) else {
+            panic!()
+        };
+        p.retire(s3, t(2));
+        p.release(s3, t(2));
+        assert!(closes(&mut p).is_empty());
+        p.opened(s3, t(3));
+        assert_eq!(closes(&mut p), [s3]);
+    }
+
+    #[test]
+    fn room_left_by_a_retired_stream_goes_to_waiters() {
+        let mut p = pool(1, 1, 1);
+        let s = open_one(&mut p, A, 1);
+        p.retire(s, t(0));
+        // The pool is full with the retired stream: the next request waits
+        // for it to finish, then gets a new stream.
+        assert_eq!(p.acquire(&A, 2, t(0)), Acquire::Queued);
+        p.release(s, t(1));
+        assert_eq!(closes(&mut p), [s]);
+        assert_eq!(
+            grants(&mut p),
+            [Grant {
+                waiter: 2,
+                stream: StreamId(2),
+                kind: GrantKind::Open
+            }]
+        );
     }
 
     #[test]

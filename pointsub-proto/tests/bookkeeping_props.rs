@@ -20,6 +20,9 @@ enum PoolOp {
     Discard(usize),
     DiscardDead(usize),
     Cancel(usize),
+    /// Takes a live stream out of service (e.g. it rides on a relayed
+    /// connection and a direct one appeared).
+    Retire(usize),
     Advance(u64),
     Drain,
     /// The next waiter granted a new stream turns out to be gone: the caller
@@ -35,6 +38,7 @@ fn pool_op() -> impl Strategy<Value = PoolOp> {
         1 => any::<usize>().prop_map(PoolOp::Discard),
         1 => any::<usize>().prop_map(PoolOp::DiscardDead),
         1 => any::<usize>().prop_map(PoolOp::Cancel),
+        1 => any::<usize>().prop_map(PoolOp::Retire),
         2 => (0u64..20_000).prop_map(PoolOp::Advance),
         1 => Just(PoolOp::Drain),
         1 => Just(PoolOp::DropNextOpenGrant),
@@ -57,6 +61,8 @@ struct Model {
     granted: BTreeSet<u64>,
     /// Streams discarded or closed: never to be handed out again.
     dead: BTreeSet<StreamId>,
+    /// Live streams retired: never handed out again, closed once unused.
+    retired: BTreeSet<StreamId>,
     max_id: u64,
     drop_next_open: bool,
 }
@@ -73,6 +79,7 @@ impl Model {
             queued: BTreeMap::new(),
             granted: BTreeSet::new(),
             dead: BTreeSet::new(),
+            retired: BTreeSet::new(),
             max_id: 0,
             drop_next_open: false,
         }
@@ -88,6 +95,7 @@ impl Model {
 
     fn take(&mut self, s: StreamId, key: u8, open: bool) -> Result<(), TestCaseError> {
         prop_assert!(!self.dead.contains(&s), "dead stream {s} handed out");
+        prop_assert!(!self.retired.contains(&s), "retired stream {s} handed out");
         prop_assert_eq!(self.live.get(&s), Some(&key), "stream {} of wrong key", s);
         prop_assert_eq!(
             self.opened.contains(&s),
@@ -110,7 +118,7 @@ impl Model {
         let free: Vec<(bool, usize, StreamId)> = self
             .live
             .iter()
-            .filter(|(s, k)| **k == key && self.load(**s) < cap)
+            .filter(|(s, k)| **k == key && self.load(**s) < cap && !self.retired.contains(s))
             .map(|(s, _)| (!self.opened.contains(s), self.load(*s), *s))
             .collect();
         let best = free.iter().min().map(|&(opening, _, s)| (s, !opening));
@@ -122,6 +130,7 @@ impl Model {
         self.live.remove(&s);
         self.opened.remove(&s);
         self.held.retain(|h| *h != s);
+        self.retired.remove(&s);
         self.dead.insert(s);
     }
 
@@ -158,6 +167,7 @@ impl Model {
         prop_assert!(st.idle <= self.cfg.max_idle);
         prop_assert_eq!(st.in_flight, self.held.len());
         prop_assert_eq!(st.waiting, self.queued.len());
+        prop_assert_eq!(st.retiring, self.retired.len());
         let mut idle = 0;
         for (&s, &key) in &self.live {
             prop_assert!(pool.contains(s));
@@ -165,7 +175,12 @@ impl Model {
             let n = self.held.iter().filter(|h| **h == s).count();
             prop_assert_eq!(pool.in_flight(s), n);
             prop_assert!(n <= self.cfg.max_inflight_per_stream);
+            let retired = self.retired.contains(&s);
+            prop_assert_eq!(pool.is_retired(s), retired);
             if n == 0 && self.opened.contains(&s) {
+                // An open stream with no request is idle, unless retired:
+                // then it must have been closed already.
+                prop_assert!(!retired, "retired stream {} left open and unused", s);
                 idle += 1;
             }
         }
@@ -179,7 +194,7 @@ impl Model {
             prop_assert_eq!(st.idle, 0, "waiter beside an idle stream");
             let waiting_keys: BTreeSet<u8> = self.queued.values().copied().collect();
             for (&s, key) in &self.live {
-                if waiting_keys.contains(key) {
+                if waiting_keys.contains(key) && !self.retired.contains(&s) {
                     prop_assert_eq!(
                         pool.in_flight(s),
                         self.cfg.max_inflight_per_stream,
@@ -269,6 +284,19 @@ impl Model {
                 }
                 prop_assert!(!pool.cancel_waiter(u64::MAX));
             }
+            PoolOp::Retire(i) => {
+                let candidates: Vec<StreamId> = self
+                    .live
+                    .keys()
+                    .filter(|s| !self.retired.contains(s))
+                    .copied()
+                    .collect();
+                if !candidates.is_empty() {
+                    let s = candidates[i % candidates.len()];
+                    pool.retire(s, self.now);
+                    self.retired.insert(s);
+                }
+            }
             PoolOp::Advance(ms) => {
                 self.now = self.now + Duration::from_millis(ms);
                 pool.handle_timeout(self.now);
@@ -355,6 +383,7 @@ enum ChaosOp {
     Release(u64),
     Discard(u64),
     Cancel(u64),
+    Retire(u64),
     Timeout(u64),
     PollGrant,
     PollClose,
@@ -368,6 +397,7 @@ fn chaos_op() -> impl Strategy<Value = ChaosOp> {
         4 => (0u64..12).prop_map(ChaosOp::Release),
         1 => (0u64..12).prop_map(ChaosOp::Discard),
         1 => (0u64..6).prop_map(ChaosOp::Cancel),
+        1 => (0u64..12).prop_map(ChaosOp::Retire),
         1 => (0u64..40_000).prop_map(ChaosOp::Timeout),
         2 => Just(ChaosOp::PollGrant),
         1 => Just(ChaosOp::PollClose),
@@ -388,12 +418,14 @@ proptest! {
     ) {
         let mut pool: StreamPool<u8> = StreamPool::new(cfg.clone());
         let mut closed = BTreeSet::new();
+        let mut retired = BTreeSet::new();
         for op in ops {
             let t = |ms: u64| Instant::from_millis(ms);
             match op {
                 ChaosOp::Acquire(k, w) => match pool.acquire(&k, w, t(w * 1000)) {
                     Acquire::Ready(s) | Acquire::Pending(s) | Acquire::Open(s) => {
                         prop_assert!(!closed.contains(&s), "closed stream {} handed out", s);
+                        prop_assert!(!retired.contains(&s), "retired stream {} handed out", s);
                     }
                     Acquire::Queued => {}
                 },
@@ -407,6 +439,14 @@ proptest! {
                 }
                 ChaosOp::Cancel(w) => {
                     pool.cancel_waiter(w);
+                }
+                ChaosOp::Retire(s) => {
+                    pool.retire(StreamId(s), t(s * 300));
+                    if pool.contains(StreamId(s)) {
+                        // Never handed out by `acquire` again (a grant made
+                        // before may still come out of `poll_grant`).
+                        retired.insert(StreamId(s));
+                    }
                 }
                 ChaosOp::Timeout(ms) => pool.handle_timeout(t(ms)),
                 ChaosOp::PollGrant => {

@@ -69,8 +69,8 @@ pub mod generic {
 }
 
 pub use behaviour::{
-    AlreadyRegistered, Behaviour, Closed, Connect, Control, DialError, IncomingStreams, OpenStream,
-    OpenStreamError, StreamLimits,
+    AlreadyRegistered, Behaviour, Closed, Connect, ConnectionPath, Control, DialError,
+    IncomingStreams, OpenStream, OpenStreamError, OpenStreamWithPath, StreamLimits,
 };
 pub use client::{ClosestOptions, RequestErrorExt, Response};
 pub use conn::{ConnError, DEFAULT_CONN_TIMEOUT};

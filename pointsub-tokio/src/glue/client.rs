@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::channel::oneshot;
+use futures::StreamExt;
+use futures::channel::{mpsc, oneshot};
 use libp2p::{PeerId, StreamProtocol};
 use pointsub_proto::{
     ClientConfig, ClientEvent, ClientMetrics, ConfigError, Instant, OpenFailure, PeerKey, Protocol,
@@ -21,7 +22,7 @@ use pointsub_proto::{
 };
 use tracing::Instrument;
 
-use super::behaviour::{Control, OpenStreamError};
+use super::behaviour::{ConnectionPath, Control, OpenStreamError, PathChange};
 use super::common::{ConnectionInfo, peer_id, peer_key};
 use super::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
 use super::host::Host;
@@ -159,6 +160,19 @@ pub(crate) struct State {
     waiters: HashMap<RequestId, Waiter>,
     /// The node's behaviour handle: tells whether the node has shut down.
     control: Control,
+    /// The connection each open stream rides on.
+    paths: HashMap<StreamId, ConnectionPath>,
+    /// The id of this client's watch of direct connections, until closed.
+    path_watch: Option<u64>,
+}
+
+impl State {
+    /// Stops hearing of direct connections (the client is closing).
+    fn unwatch_paths(&mut self) {
+        if let Some(id) = self.path_watch.take() {
+            self.control.unwatch_paths(id);
+        }
+    }
 }
 
 /// A stream the core asked for.
@@ -217,6 +231,7 @@ impl<R: Runtime> Side<R> for State {
             // The core closed itself (its node shut down): stop as
             // `Client::close` does.
             self.plumbing.stop_all(wakers);
+            self.unwatch_paths();
         }
     }
 
@@ -235,9 +250,10 @@ impl<R: Runtime> Side<R> for State {
             let protocol = StreamProtocol::try_from_owned(req.protocol.as_str().to_owned())
                 .map_err(|_| OpenFailure::UnsupportedProtocol);
             let result = match (target, protocol) {
-                (Ok(peer), Ok(protocol)) => {
-                    node.open_stream(peer, protocol).await.map_err(open_failure)
-                }
+                (Ok(peer), Ok(protocol)) => node
+                    .open_stream_with_path(peer, protocol)
+                    .await
+                    .map_err(open_failure),
                 (Err(e), _) | (_, Err(e)) => Err(e),
             };
             opened(&this, req.stream, result);
@@ -283,6 +299,15 @@ impl<R: Runtime> Side<R> for State {
         self.core.connections(now)
     }
 
+    fn stream_path(&self, id: StreamId) -> Option<ConnectionPath> {
+        self.paths.get(&id).cloned()
+    }
+
+    fn stream_finished(&mut self, id: StreamId) {
+        self.plumbing.remove(id);
+        self.paths.remove(&id);
+    }
+
     fn handle_timeout(&mut self, now: Instant) {
         if !self.plumbing.stopped {
             self.core.handle_timeout(now);
@@ -298,15 +323,21 @@ impl<R: Runtime> Side<R> for State {
 fn opened<R: Runtime>(
     driver: &Arc<Shared<R>>,
     stream: StreamId,
-    result: Result<libp2p::Stream, OpenFailure>,
+    result: Result<(libp2p::Stream, ConnectionPath), OpenFailure>,
 ) {
     let io = driver.with_core(|state, now| match result {
-        Ok(io) => {
+        Ok((io, path)) => {
             if state.plumbing.stopped {
                 return None;
             }
             state.plumbing.add_stream(stream);
             state.core.handle_stream_opened(stream, now);
+            if path.relayed {
+                // The core retires it at once if a direct connection to
+                // the peer appeared meanwhile.
+                state.core.handle_stream_relayed(stream, now);
+            }
+            state.paths.insert(stream, path);
             Some(io)
         }
         Err(failure) => {
@@ -324,9 +355,33 @@ fn opened<R: Runtime>(
     }
 }
 
+/// Feeds the core whether peers have a direct connection, as the host's
+/// connections come and go, until the client closes or its host goes.
+fn spawn_path_watch<R: Runtime>(
+    driver: &Arc<Shared<R>>,
+    mut changes: mpsc::UnboundedReceiver<PathChange>,
+) {
+    let weak = Arc::downgrade(driver);
+    let task = async move {
+        while let Some(change) = changes.next().await {
+            let Some(driver) = weak.upgrade() else {
+                return;
+            };
+            let peer = peer_key(&change.peer);
+            driver.with_core(|state, now| {
+                if !state.plumbing.stopped {
+                    state.core.handle_direct_path(&peer, change.direct, now);
+                }
+            });
+        }
+    };
+    driver.node.runtime().spawn(Box::pin(task));
+}
+
 impl<R: Runtime> Shared<R> {
     fn close(&self) {
         self.with_core(|state, now| {
+            state.unwatch_paths();
             state.core.close(now);
             // Close completes every request; the drain hands out their
             // errors before the tasks stop.
@@ -416,6 +471,7 @@ impl<R: Runtime> Client<R> {
     /// dropped: its requests then end with [`RequestError::Closed`].
     pub fn new(host: &Host<R>, config: ClientConfig) -> Result<Self, ConfigError> {
         let core = pointsub_proto::Client::new(peer_key(&host.peer_id()), config)?;
+        let (watch, changes) = host.control().watch_paths();
         let shared = Driver::start(
             host,
             State {
@@ -423,8 +479,11 @@ impl<R: Runtime> Client<R> {
                 plumbing: Plumbing::default(),
                 waiters: HashMap::new(),
                 control: host.control().clone(),
+                paths: HashMap::new(),
+                path_watch: Some(watch),
             },
         );
+        spawn_path_watch(&shared, changes);
         Ok(Self {
             handle: Arc::new(UserHandle { driver: shared }),
         })

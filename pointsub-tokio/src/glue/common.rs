@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, PeerId};
 use pointsub_proto::{PeerKey, StreamId};
 
+use super::behaviour::ConnectionPath;
+
 /// Locks a mutex, ignoring poisoning: every critical section of the glue
 /// leaves the state it guards consistent across every early return, so a
 /// panic elsewhere must not cascade.
@@ -37,6 +39,12 @@ pub struct ConnectionInfo {
     /// The remote's address on the connection the stream rides on, if
     /// still connected.
     pub remote_addr: Option<Multiaddr>,
+    /// Whether that connection runs through a relay's circuit
+    /// (`/p2p-circuit`). A client's pooled streams on a relayed connection
+    /// are drained and closed once a direct connection to the peer exists.
+    /// For a server's stream this is the peer's best connection (the
+    /// server cannot tell which connection a remote opened it on).
+    pub relayed: bool,
     /// The stream's protocol.
     pub protocol: String,
     /// The core's id of the stream.
@@ -60,10 +68,10 @@ pub struct ConnectionInfo {
 
 impl ConnectionInfo {
     /// The public view of the core's `infos`, at `now` (the runtime's
-    /// clock), with each peer's address from `remote_addr`.
+    /// clock), with the connection each stream rides on from `path`.
     pub(crate) fn from_core(
         now: Instant,
-        remote_addr: impl Fn(&PeerId) -> Option<Multiaddr>,
+        path: impl Fn(&PeerId, StreamId) -> Option<ConnectionPath>,
         infos: Vec<pointsub_proto::ConnectionInfo>,
     ) -> Vec<Self> {
         infos
@@ -71,9 +79,11 @@ impl ConnectionInfo {
             .filter_map(|c| {
                 let peer = peer_id(&c.remote)?;
                 let busy = c.last_active.saturating_duration_since(c.opened_at);
+                let path = path(&peer, c.stream);
                 Some(Self {
                     peer,
-                    remote_addr: remote_addr(&peer),
+                    relayed: path.as_ref().is_some_and(|p| p.relayed),
+                    remote_addr: path.map(|p| p.remote_addr),
                     protocol: c.protocol.as_str().to_owned(),
                     stream: c.stream,
                     last_active: now.checked_sub(c.idle).unwrap_or(now),

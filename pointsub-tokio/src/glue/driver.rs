@@ -504,6 +504,12 @@ pub(crate) trait Side<R: Runtime>: Send + Sized + 'static {
     /// The core's view of the streams open now.
     fn connections(&self, now: pointsub_proto::Instant) -> Vec<pointsub_proto::ConnectionInfo>;
 
+    /// The connection a stream rides on, if the side knows it (a client
+    /// learns it when the stream opens); otherwise its peer's best one.
+    fn stream_path(&self, _id: StreamId) -> Option<super::behaviour::ConnectionPath> {
+        None
+    }
+
     /// A stream's task ended.
     fn stream_finished(&mut self, id: StreamId) {
         self.plumbing().remove(id);
@@ -563,10 +569,23 @@ impl<R: Runtime, S: Side<R>> Driver<R, S> {
 
     /// The streams open now, with their peer's address and traffic.
     pub(crate) fn connections_info(&self) -> Vec<ConnectionInfo> {
-        let infos = self.lock().connections(self.now());
+        let (infos, paths) = {
+            let state = self.lock();
+            let infos = state.connections(self.now());
+            let paths: HashMap<StreamId, _> = infos
+                .iter()
+                .filter_map(|c| Some((c.stream, state.stream_path(c.stream)?)))
+                .collect();
+            (infos, paths)
+        };
         ConnectionInfo::from_core(
             self.node.runtime().now(),
-            |peer| self.node.control().remote_addr(peer),
+            |peer, stream| {
+                paths
+                    .get(&stream)
+                    .cloned()
+                    .or_else(|| self.node.control().best_path(peer))
+            },
             infos,
         )
     }

@@ -66,8 +66,8 @@ use futures::future::{self, Either};
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 
 use super::behaviour::{
-    AlreadyRegistered, Behaviour, Closed, Connect, Control, DialError, IncomingStreams,
-    OpenStreamError,
+    AlreadyRegistered, Behaviour, Closed, Connect, ConnectionPath, Control, DialError,
+    IncomingStreams, OpenStreamError,
 };
 use super::rt::Runtime;
 
@@ -198,6 +198,19 @@ impl<R: Runtime> Host<R> {
     ) -> impl Future<Output = Result<Stream, OpenStreamError>> + Send + 'static {
         let mark = self.control.poll_count();
         let open = self.control.open_stream(peer, protocol);
+        self.unless_stalled(mark, open, |waited| OpenStreamError::NotPolled { waited })
+    }
+
+    /// [`Host::open_stream`], also telling which connection the stream
+    /// went on (see [`Control::open_stream_with_path`]).
+    pub fn open_stream_with_path(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> impl Future<Output = Result<(Stream, ConnectionPath), OpenStreamError>> + Send + 'static
+    {
+        let mark = self.control.poll_count();
+        let open = self.control.open_stream_with_path(peer, protocol);
         self.unless_stalled(mark, open, |waited| OpenStreamError::NotPolled { waited })
     }
 

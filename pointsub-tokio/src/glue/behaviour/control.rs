@@ -148,6 +148,24 @@ impl From<DialError> for OpenStreamError {
     }
 }
 
+/// One established connection to a peer: which one, where the remote is,
+/// and whether it goes through a relay. What
+/// [`Control::open_stream_with_path`] says a stream was opened on, and
+/// what [`Control::connections_to`] lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionPath {
+    /// The swarm's id of the connection.
+    pub connection: libp2p::swarm::ConnectionId,
+    /// The remote's address on it (for a connection the remote made to
+    /// us, the address it came from).
+    pub remote_addr: Multiaddr,
+    /// Whether it runs through a relay's circuit (`/p2p-circuit`): such a
+    /// connection ends when the relay's circuit limits are reached, and
+    /// new streams avoid it while a direct connection exists.
+    pub relayed: bool,
+}
+
 /// [`Control::accept`] was called for a protocol that already has a live
 /// [`IncomingStreams`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -217,14 +235,26 @@ impl Control {
     /// The returned future is `Send + 'static` and needs no polling to make
     /// progress (the request is queued at once); dropping it cancels the
     /// request without leaking anything.
+    /// The stream goes on the peer's best connection: a direct one before
+    /// a relayed one, the newest among equals.
     pub fn open_stream(&self, peer: PeerId, protocol: StreamProtocol) -> OpenStream {
+        OpenStream(self.open_stream_with_path(peer, protocol))
+    }
+
+    /// [`Control::open_stream`], also telling which connection the stream
+    /// was opened on (whether it is relayed, in particular).
+    pub fn open_stream_with_path(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> OpenStreamWithPath {
         let (reply, rx) = oneshot::channel();
         let command = Command::Open {
             peer,
             protocol,
             reply,
         };
-        OpenStream(Reply::new(&self.shared, command, rx))
+        OpenStreamWithPath(Reply::new(&self.shared, command, rx))
     }
 
     /// Connects to `peer` if it is not connected yet, with the known
@@ -238,7 +268,10 @@ impl Control {
     /// Connects to the peer at `addr` (its PeerId learned during the
     /// handshake, or checked if `addr` ends in `/p2p/<id>`). Resolves to
     /// the peer's id once connected. On success the address is remembered
-    /// for later dials of that peer.
+    /// for later dials of that peer. A peer connected already resolves at
+    /// once, unless `addr` is a direct address and the peer is connected
+    /// only through relays: then the direct address is dialed, and new
+    /// streams go on the direct connection once it is up.
     pub fn dial_addr(&self, addr: Multiaddr) -> Connect<PeerId> {
         let (reply, rx) = oneshot::channel();
         Connect(Reply::new(
@@ -264,14 +297,67 @@ impl Control {
             .unwrap_or_default()
     }
 
-    /// The remote address of the first established connection to `peer`
-    /// (for an inbound connection, the address it came from), if connected.
+    /// The remote address of the connection to `peer` that new streams go
+    /// on (see [`Control::best_path`]; for an inbound connection, the
+    /// address it came from), if connected.
     pub fn remote_addr(&self, peer: &PeerId) -> Option<Multiaddr> {
+        lock(&self.shared.state)
+            .best_connection(peer)
+            .map(|c| c.remote.clone())
+    }
+
+    /// The connection to `peer` that new streams go on, if connected: a
+    /// direct one before a relayed one, and among equals the newest.
+    pub fn best_path(&self, peer: &PeerId) -> Option<ConnectionPath> {
+        lock(&self.shared.state)
+            .best_connection(peer)
+            .map(ConnectionFacts::path)
+    }
+
+    /// Every established connection to `peer`, oldest first.
+    pub fn connections_to(&self, peer: &PeerId) -> Vec<ConnectionPath> {
         lock(&self.shared.state)
             .connections
             .get(peer)
-            .and_then(|c| c.first())
-            .map(|c| c.remote.clone())
+            .map(|cs| cs.iter().map(ConnectionFacts::path).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `peer` has at least one direct (not relayed) connection.
+    pub fn has_direct_connection(&self, peer: &PeerId) -> bool {
+        lock(&self.shared.state).has_direct(peer)
+    }
+
+    /// Starts hearing whether peers have a direct connection: first one
+    /// [`PathChange`] per peer that has one now, then each change. The
+    /// receiver ends when the behaviour is dropped or
+    /// [`Control::unwatch_paths`] is called with the returned id.
+    pub(crate) fn watch_paths(&self) -> (u64, mpsc::UnboundedReceiver<PathChange>) {
+        let (tx, rx) = mpsc::unbounded();
+        let mut state = lock(&self.shared.state);
+        let id = state.next_watch;
+        state.next_watch += 1;
+        if state.closed {
+            return (id, rx);
+        }
+        let direct: Vec<PeerId> = state
+            .connections
+            .iter()
+            .filter(|(_, cs)| cs.iter().any(|c| !c.relayed))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in direct {
+            let _ = tx.unbounded_send(PathChange { peer, direct: true });
+        }
+        state.path_watchers.push((id, tx));
+        (id, rx)
+    }
+
+    /// Ends the path watch `id` (its receiver ends).
+    pub(crate) fn unwatch_paths(&self, id: u64) {
+        lock(&self.shared.state)
+            .path_watchers
+            .retain(|(w, _)| *w != id);
     }
 
     /// Whether at least one connection to `peer` is established.
@@ -493,7 +579,7 @@ impl<T, E: CancelError> Reply<T, E> {
 /// The future returned by [`Control::open_stream`]: resolves to the
 /// negotiated stream or why it could not be opened.
 #[must_use = "the request is cancelled when the future is dropped"]
-pub struct OpenStream(pub(super) Reply<Stream, OpenStreamError>);
+pub struct OpenStream(pub(super) OpenStreamWithPath);
 
 impl fmt::Debug for OpenStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -503,6 +589,28 @@ impl fmt::Debug for OpenStream {
 
 impl Future for OpenStream {
     type Output = Result<Stream, OpenStreamError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map(|(stream, _)| stream))
+    }
+}
+
+/// The future returned by [`Control::open_stream_with_path`]: resolves to
+/// the negotiated stream and the connection it is on, or why it could not
+/// be opened.
+#[must_use = "the request is cancelled when the future is dropped"]
+pub struct OpenStreamWithPath(pub(super) Reply<(Stream, ConnectionPath), OpenStreamError>);
+
+impl fmt::Debug for OpenStreamWithPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenStreamWithPath").finish_non_exhaustive()
+    }
+}
+
+impl Future for OpenStreamWithPath {
+    type Output = Result<(Stream, ConnectionPath), OpenStreamError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.0.poll_reply(cx)

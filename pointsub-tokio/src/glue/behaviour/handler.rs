@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::channel::oneshot;
 use futures::future::{Ready, ready};
 use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
 use libp2p::swarm::handler::{
@@ -26,7 +25,7 @@ use super::*;
 /// handler and on through the swarm as the substream's open info.
 pub struct OpenRequest {
     pub(super) protocol: StreamProtocol,
-    pub(super) reply: oneshot::Sender<Result<Stream, OpenStreamError>>,
+    pub(super) reply: OpenReply,
 }
 
 impl fmt::Debug for OpenRequest {
@@ -48,6 +47,8 @@ pub struct HandlerIn(pub(super) OpenRequest);
 /// it turns open requests into outbound substreams.
 pub struct Handler {
     pub(super) peer: PeerId,
+    /// The connection this handler serves.
+    pub(super) path: ConnectionPath,
     pub(super) shared: Arc<Shared>,
     pub(super) open_timeout: Duration,
     pub(super) pending: VecDeque<OpenRequest>,
@@ -57,6 +58,7 @@ impl fmt::Debug for Handler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handler")
             .field("peer", &self.peer)
+            .field("relayed", &self.path.relayed)
             .field("pending", &self.pending.len())
             .finish_non_exhaustive()
     }
@@ -122,7 +124,7 @@ impl ConnectionHandler for Handler {
                 info: request,
             }) => {
                 // If the caller gave up, the stream is dropped here.
-                let _ = request.reply.send(Ok(stream));
+                let _ = request.reply.send(Ok((stream, self.path.clone())));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError {
                 info: request,

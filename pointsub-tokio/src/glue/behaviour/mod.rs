@@ -36,8 +36,12 @@
 //! # Outbound
 //!
 //! [`Control::open_stream`] asks for a new substream to a peer. When the
-//! peer is connected, the request goes to the handler of the first
-//! established connection to it; otherwise the behaviour dials the peer
+//! peer is connected, the request goes to the handler of its best
+//! connection: a direct one before one relayed through a circuit
+//! (`/p2p-circuit`), and among equals the newest, so that a direct
+//! connection made after a relayed one (hole punching, or a dial of a
+//! direct address) carries every new stream. [`Control::open_stream_with_path`]
+//! also tells which connection the stream went on. Otherwise the behaviour dials the peer
 //! (addresses from [`Control::add_address`], from successful earlier dials,
 //! and from the swarm, e.g. `Swarm::add_peer_address`) and queues the
 //! request until the connection is up or the dial fails.
@@ -85,6 +89,7 @@ mod shared;
 pub use control::*;
 pub use handler::*;
 pub use limits::{MAX_STREAMS_PER_CONNECTION, swarm_limits, yamux_config};
+pub(crate) use shared::PathChange;
 use shared::*;
 
 /// Default bound on opening one substream (muxer wait plus protocol
@@ -93,8 +98,11 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct PendingOpen {
     protocol: StreamProtocol,
-    reply: oneshot::Sender<Result<Stream, OpenStreamError>>,
+    reply: OpenReply,
 }
+
+/// Where an open's outcome goes: the stream and the connection it is on.
+pub(super) type OpenReply = oneshot::Sender<Result<(Stream, ConnectionPath), OpenStreamError>>;
 
 /// A [`NetworkBehaviour`] that opens and accepts raw streams by peer and
 /// protocol, driven through its [`Control`]. See the [module docs](self).
@@ -170,9 +178,10 @@ impl Behaviour {
         }
     }
 
-    fn handler(&self, peer: PeerId) -> Handler {
+    fn handler(&self, peer: PeerId, path: ConnectionPath) -> Handler {
         Handler {
             peer,
+            path,
             shared: self.shared.clone(),
             open_timeout: self.open_timeout,
             pending: VecDeque::new(),
@@ -189,8 +198,10 @@ impl Behaviour {
                 if reply.is_canceled() {
                     return;
                 }
-                let first = lock(&self.shared.state).first_connection(&peer);
-                match first {
+                let best = lock(&self.shared.state)
+                    .best_connection(&peer)
+                    .map(|c| c.id);
+                match best {
                     Some(connection) => self.notify(peer, connection, protocol, reply),
                     None => {
                         let queue = self.pending_opens.entry(peer).or_default();
@@ -211,9 +222,15 @@ impl Behaviour {
                 self.ensure_dial(peer);
             }
             Command::DialAddr { addr, reply } => {
-                if let Some(peer) = peer_of(&addr)
-                    && lock(&self.shared.state).connections.contains_key(&peer)
-                {
+                // Connected already: done, unless this is a direct address
+                // of a peer reached only through relays (the direct
+                // connection is what new streams should use).
+                let connected = peer_of(&addr).filter(|peer| {
+                    let state = lock(&self.shared.state);
+                    state.connections.contains_key(peer)
+                        && (is_circuit(&addr) || state.has_direct(peer))
+                });
+                if let Some(peer) = connected {
                     let _ = reply.send(Ok(peer));
                     return;
                 }
@@ -229,7 +246,7 @@ impl Behaviour {
         peer: PeerId,
         connection: ConnectionId,
         protocol: StreamProtocol,
-        reply: oneshot::Sender<Result<Stream, OpenStreamError>>,
+        reply: OpenReply,
     ) {
         self.events.push_back(ToSwarm::NotifyHandler {
             peer_id: peer,
@@ -295,6 +312,8 @@ impl Behaviour {
             if let ConnectedPoint::Dialer { address, .. } = endpoint {
                 state.add_address(peer, address.clone());
             }
+            let direct_before = state.has_direct(&peer);
+            let relayed = endpoint.is_relayed();
             state
                 .connections
                 .entry(peer)
@@ -302,7 +321,12 @@ impl Behaviour {
                 .push(ConnectionFacts {
                     id: connection,
                     remote: endpoint.get_remote_address().clone(),
+                    relayed,
                 });
+            if !relayed && !direct_before {
+                tracing::debug!(%peer, %connection, "a direct connection: new streams go on it");
+                state.announce_path(peer, true);
+            }
         }
         if self.dialing.get(&peer) == Some(&connection) {
             self.dialing.remove(&peer);
@@ -313,10 +337,11 @@ impl Behaviour {
         for waiter in self.dial_waiters.remove(&peer).unwrap_or_default() {
             let _ = waiter.send(Ok(()));
         }
-        // The first connection to come up takes everything that waited.
+        // The best connection (this one, unless a direct one was there
+        // already) takes everything that waited.
         let first = lock(&self.shared.state)
-            .first_connection(&peer)
-            .unwrap_or(connection);
+            .best_connection(&peer)
+            .map_or(connection, |c| c.id);
         for open in self.pending_opens.remove(&peer).unwrap_or_default() {
             if !open.reply.is_canceled() {
                 self.notify(peer, first, open.protocol, open.reply);
@@ -368,16 +393,19 @@ impl Drop for Behaviour {
     fn drop(&mut self) {
         // Mark closed first, so that replies cancelled by the drops below
         // (and any request made from now on) read as `Shutdown`.
-        let (commands, watchers) = {
+        let (commands, watchers, path_watchers) = {
             let mut state = lock(&self.shared.state);
             state.closed = true;
             state.connections.clear();
             (
                 std::mem::take(&mut state.commands),
                 std::mem::take(&mut state.close_watchers),
+                std::mem::take(&mut state.path_watchers),
             )
         };
         drop(commands);
+        // Ends every path watch.
+        drop(path_watchers);
         // Completes every `Closed` future.
         drop(watchers);
         let receivers = {
@@ -398,12 +426,17 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_inbound_connection(
         &mut self,
-        _connection_id: ConnectionId,
+        connection_id: ConnectionId,
         peer: PeerId,
-        _local_addr: &Multiaddr,
-        _remote_addr: &Multiaddr,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer))
+        let path = ConnectionPath {
+            connection: connection_id,
+            remote_addr: remote_addr.clone(),
+            relayed: is_circuit(local_addr),
+        };
+        Ok(self.handler(peer, path))
     }
 
     fn handle_pending_outbound_connection(
@@ -432,13 +465,18 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_outbound_connection(
         &mut self,
-        _connection_id: ConnectionId,
+        connection_id: ConnectionId,
         peer: PeerId,
-        _addr: &Multiaddr,
+        addr: &Multiaddr,
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer))
+        let path = ConnectionPath {
+            connection: connection_id,
+            remote_addr: addr.clone(),
+            relayed: is_circuit(addr),
+        };
+        Ok(self.handler(peer, path))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -448,11 +486,15 @@ impl NetworkBehaviour for Behaviour {
             }
             FromSwarm::ConnectionClosed(e) => {
                 let mut state = lock(&self.shared.state);
+                let direct_before = state.has_direct(&e.peer_id);
                 if let Some(connections) = state.connections.get_mut(&e.peer_id) {
                     connections.retain(|c| c.id != e.connection_id);
                     if connections.is_empty() {
                         state.connections.remove(&e.peer_id);
                     }
+                }
+                if direct_before && !state.has_direct(&e.peer_id) {
+                    state.announce_path(e.peer_id, false);
                 }
             }
             FromSwarm::AddressChange(e) => {

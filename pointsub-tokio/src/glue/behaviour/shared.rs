@@ -51,6 +51,29 @@ impl Registry {
 pub(super) struct ConnectionFacts {
     pub(super) id: ConnectionId,
     pub(super) remote: Multiaddr,
+    /// Through a relay's circuit (`/p2p-circuit` in the dialed address,
+    /// or in the local address a remote came in on).
+    pub(super) relayed: bool,
+}
+
+impl ConnectionFacts {
+    pub(super) fn path(&self) -> ConnectionPath {
+        ConnectionPath {
+            connection: self.id,
+            remote_addr: self.remote.clone(),
+            relayed: self.relayed,
+        }
+    }
+}
+
+/// A change of whether a peer has a direct (not relayed) connection, for
+/// the clients that retire their streams on relayed connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PathChange {
+    /// The peer.
+    pub(crate) peer: PeerId,
+    /// Whether it has at least one direct connection now.
+    pub(crate) direct: bool,
 }
 
 #[derive(Default)]
@@ -71,6 +94,10 @@ pub(super) struct State {
     /// One sender per [`HostClosed`] future; dropped (never sent) when the
     /// behaviour is dropped.
     pub(super) close_watchers: Vec<oneshot::Sender<Infallible>>,
+    /// Who hears of [`PathChange`]s, by watch id; dropped when the
+    /// behaviour is dropped.
+    pub(super) path_watchers: Vec<(u64, mpsc::UnboundedSender<PathChange>)>,
+    pub(super) next_watch: u64,
 }
 
 impl State {
@@ -82,11 +109,30 @@ impl State {
         }
     }
 
-    pub(super) fn first_connection(&self, peer: &PeerId) -> Option<ConnectionId> {
+    /// The connection new streams to `peer` go on: a direct one before a
+    /// relayed one, and among those the newest (a direct connection made
+    /// by hole punching after the relayed one comes last).
+    pub(super) fn best_connection(&self, peer: &PeerId) -> Option<&ConnectionFacts> {
+        let connections = self.connections.get(peer)?;
+        connections
+            .iter()
+            .rev()
+            .find(|c| !c.relayed)
+            .or_else(|| connections.last())
+    }
+
+    /// Whether `peer` has at least one direct (not relayed) connection.
+    pub(super) fn has_direct(&self, peer: &PeerId) -> bool {
         self.connections
             .get(peer)
-            .and_then(|c| c.first())
-            .map(|c| c.id)
+            .is_some_and(|cs| cs.iter().any(|c| !c.relayed))
+    }
+
+    /// Tells the path watchers that `peer` now has (or no longer has) a
+    /// direct connection; forgets the watchers that are gone.
+    pub(super) fn announce_path(&mut self, peer: PeerId, direct: bool) {
+        self.path_watchers
+            .retain(|(_, tx)| tx.unbounded_send(PathChange { peer, direct }).is_ok());
     }
 }
 
@@ -176,6 +222,11 @@ pub(super) fn strip_peer(mut addr: Multiaddr, peer: PeerId) -> Multiaddr {
     addr
 }
 
+/// Whether `addr` goes through a relay's circuit.
+pub(super) fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
 pub(super) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last() {
         Some(Protocol::P2p(p)) => Some(p),
@@ -187,7 +238,7 @@ pub(super) enum Command {
     Open {
         peer: PeerId,
         protocol: StreamProtocol,
-        reply: oneshot::Sender<Result<Stream, OpenStreamError>>,
+        reply: OpenReply,
     },
     Dial {
         peer: PeerId,
