@@ -52,6 +52,8 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 mod glue;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub use glue::{behaviour, client, conn, host, node, rt, server};
 #[cfg(feature = "tokio-runtime")]
 mod tokio_rt;
@@ -80,8 +82,8 @@ pub use node::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, NodeConfig, NodeError, NodeRuntime,
 };
 pub use pointsub_proto::{
-    self as proto, ClientConfig, ClientMetrics, ConfigError, RequestError, ServerConfig,
-    ServerMetrics,
+    self as proto, ClientConfig, ClientMetrics, ClientStats, ConfigError, RequestError,
+    ServerConfig, ServerMetrics, ServerStats,
 };
 pub use rt::{Runtime, RuntimeExecutor};
 pub use server::{ConnectionInfo, HandlerError, StartError};
