@@ -24,7 +24,7 @@
 //! let client = Client::new(&node, ClientConfig::default())?;
 //! metrics.add_client(&client);
 //! let mut text = String::new();
-//! prometheus_client::encoding::text::encode(&mut text, &registry)?;
+//! pointsub_tokio::metrics::prometheus_client::encoding::text::encode(&mut text, &registry)?;
 //! # Ok(()) }
 //! ```
 //!
@@ -66,6 +66,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use pointsub_proto::stats::{ClientStats, ProtocolStats, ServerStats};
+/// The prometheus-client crate this module is built on (0.25), to encode
+/// a registry without depending on it separately.
+pub use prometheus_client;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;

@@ -206,6 +206,13 @@ pub async fn sample(
     out
 }
 
+/// One panel: title, unit, and its series (name, points, color).
+type Panel<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a Vec<(f64, f64)>, plotters::style::RGBColor)>,
+);
+
 /// Draws the chart of `scrapes` into `path` (SVG).
 pub fn draw(path: &Path, scrapes: &[(f64, Vec<Sample>)]) -> Result<(), BoxError> {
     use plotters::prelude::*;
@@ -257,7 +264,7 @@ pub fn draw(path: &Path, scrapes: &[(f64, Vec<Sample>)]) -> Result<(), BoxError>
     let blue = RGBColor(31, 119, 180);
     let grey = RGBColor(90, 90, 90);
     let green = RGBColor(44, 160, 44);
-    let specs: [(&str, &str, Vec<(&str, &Vec<(f64, f64)>, RGBColor)>); 3] = [
+    let specs: [Panel; 3] = [
         (
             "request rate (client, all protocols)",
             "requests/s",
