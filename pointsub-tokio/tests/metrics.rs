@@ -8,6 +8,8 @@
 //!   process;
 //! - `cli_serve_exposes_metrics`: `pointsub serve --metrics 127.0.0.1:0`
 //!   as a child process, scraped after requests sent from here.
+//!
+//! The slow alarm's warning is checked in `tests/slow_alarm.rs`.
 #![cfg(feature = "cli")]
 
 use std::collections::BTreeMap;
