@@ -47,6 +47,10 @@
 //! is `src/tokio_rt.rs`. The `pointsub` binary is under `src/bin/pointsub/`,
 //! and its bench harness is the `bench` module, behind the `bench` feature
 //! (enabled by the default `cli` feature).
+//!
+//! The `metrics` feature (prometheus-client 0.25 only) adds the `metrics`
+//! module: pointsub's per-protocol request metrics in a Prometheus
+//! registry, the same one libp2p-metrics fills (README, "Metrics").
 #![deny(missing_docs)]
 
 #[cfg(feature = "bench")]
