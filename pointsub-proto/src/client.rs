@@ -10,6 +10,7 @@ use crate::metrics::{ClientMetrics, ConnectionInfo};
 use crate::pool::{Acquire, GrantKind, PoolStats, StreamPool};
 use crate::retry::{Backoff, Rng};
 use crate::route::{self, Router};
+use crate::stats::{self, AttemptKind, ClientBook, ClientStats};
 use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, RequestId, StreamId};
 use bytes::Bytes;
@@ -159,6 +160,22 @@ pub enum ClientEvent {
         /// Attempts that were started (at most `max_retries + 1`).
         attempts: u32,
     },
+    /// The request has been running for
+    /// [`ClientConfig::slow_request_threshold`] and has not ended: emitted
+    /// once per request, when it crosses the threshold (rate-limited, see
+    /// [`crate::stats`]).
+    SlowRequest {
+        /// The request.
+        id: RequestId,
+        /// Its protocol (as counted: [`crate::stats::OTHER`] past the label limit).
+        protocol: Protocol,
+        /// The peer it was sent to; `None` for a send-closest.
+        peer: Option<PeerKey>,
+        /// Time since `send`.
+        elapsed: std::time::Duration,
+        /// Warnings held back by the rate limit since the last one emitted.
+        suppressed: u64,
+    },
 }
 
 type PoolKey = (PeerKey, Protocol);
@@ -196,6 +213,16 @@ impl Req {
         }
         if err.is_final_for_node() {
             self.ruled_out.insert(node.clone());
+        }
+    }
+
+    /// The node the last attempt went to (`None` before the first).
+    fn last_node(&self) -> Option<&PeerKey> {
+        match &self.target {
+            Target::Peer(p) => (self.attempts > 0).then_some(p),
+            Target::Closest { order, next } => {
+                (*next > 0).then(|| &order[(*next - 1) % order.len()])
+            }
         }
     }
 
@@ -293,6 +320,7 @@ pub struct Client {
     next_request: u64,
     next_wire: u64,
     metrics: ClientMetrics,
+    stats: ClientBook,
     closed: bool,
 }
 
@@ -301,6 +329,7 @@ impl Client {
     pub fn new(local: PeerKey, cfg: ClientConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(Client {
+            stats: ClientBook::new(cfg.max_protocol_labels, cfg.slow_request_threshold),
             router: Router::new(local.clone(), cfg.route()),
             pool: StreamPool::new(cfg.pool()),
             rng: Rng::new(cfg.seed),
@@ -343,6 +372,11 @@ impl Client {
         let mut m = self.metrics.clone();
         m.active = self.requests.len() as u64;
         m
+    }
+
+    /// Per-protocol statistics (see [`crate::stats`]), with the pool's counts.
+    pub fn stats(&self) -> ClientStats {
+        self.stats.snapshot(self.pool.stats())
     }
 
     /// Requests not ended yet.
@@ -560,6 +594,7 @@ impl Client {
         s.last_active = now;
         s.bytes_in += data.len() as u64;
         self.metrics.bytes_read += data.len() as u64;
+        self.stats.wire_received(&s.key.1, data.len());
         s.decoder.push(data);
         loop {
             let Some(s) = self.streams.get_mut(&stream) else {
@@ -690,6 +725,7 @@ impl Client {
 
     /// Time passed: fire every deadline due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.stats.fire(now, &mut self.events);
         while let Some(&(at, timer)) = self.timers.first() {
             if at > now {
                 break;
@@ -733,6 +769,7 @@ impl Client {
         let t = next_transmit(&mut self.ready, &mut self.streams)?;
         self.metrics.bytes_written += t.data.len() as u64;
         if let Some(s) = self.streams.get_mut(&t.stream) {
+            self.stats.wire_sent(&s.key.1, t.data.len());
             // Requests whose last byte just went out start their read phase once flushed.
             let emitted = s.tx.emitted;
             for &wire in &s.attempts {
@@ -753,6 +790,7 @@ impl Client {
     /// When [`Client::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = self.timers.first().map(|(at, _)| *at);
+        let t = stats::earliest(t, self.stats.next_timeout());
         match (t, self.pool.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -787,6 +825,11 @@ impl Client {
         let id = RequestId(self.next_request);
         self.next_request += 1;
         self.metrics.requests += 1;
+        let to = match &target {
+            Target::Peer(p) => Some(p),
+            Target::Closest { .. } => None,
+        };
+        self.stats.started(id, &protocol, to, now);
         self.requests.insert(
             id,
             Req {
@@ -827,6 +870,12 @@ impl Client {
             self.finish(id, Err(RequestError::AllNodesFailed { failures }), now);
             return;
         };
+        let kind = AttemptKind::of(
+            req.attempts + 1,
+            !req.live.is_empty(),
+            req.last_node() != Some(&node),
+        );
+        self.stats.attempt(id, kind);
         if let Target::Closest { next, .. } = &mut req.target {
             *next = after;
         }
@@ -951,6 +1000,7 @@ impl Client {
         }
         let peer_ok = self.peer_deflate.get(&a.node).copied().unwrap_or(true);
         let mut body = req.body.clone();
+        self.stats.body_sent(a.req, body.len());
         if self.cfg.compression && peer_ok && body.len() >= self.cfg.compression_threshold {
             let c = req
                 .compressed
@@ -1132,6 +1182,7 @@ impl Client {
         let Some(a) = self.detach(wire, healthy, now) else {
             return;
         };
+        self.stats.attempt_failed(a.req, &err);
         let Some(req) = self.requests.get_mut(&a.req) else {
             return;
         };
@@ -1255,6 +1306,8 @@ impl Client {
             Ok(_) => self.metrics.succeeded += 1,
             Err(_) => self.metrics.failed += 1,
         }
+        self.stats
+            .finished(id, result.as_ref().map(|r| r.body.len()), now);
         self.events.push_back(ClientEvent::Completed {
             id,
             result,

@@ -53,6 +53,13 @@ pub struct ClientConfig {
     pub cooldown_max: Duration,
     /// Seed of the jitter RNG; give each client its own for independent jitter (0).
     pub seed: u64,
+    /// A request still running this long after `send` is counted as slow,
+    /// and reported once by a [`ClientEvent::SlowRequest`](crate::ClientEvent::SlowRequest)
+    /// (rate-limited; see [`crate::stats`]). `None`: no alarm (the default).
+    pub slow_request_threshold: Option<Duration>,
+    /// Protocols the client's statistics keep apart; requests on further
+    /// protocols are counted under [`OTHER`](crate::stats::OTHER) (32).
+    pub max_protocol_labels: usize,
 }
 
 impl Default for ClientConfig {
@@ -76,6 +83,8 @@ impl Default for ClientConfig {
             cooldown_base: Duration::from_secs(1),
             cooldown_max: Duration::from_secs(60),
             seed: 0,
+            slow_request_threshold: None,
+            max_protocol_labels: crate::stats::DEFAULT_MAX_PROTOCOL_LABELS,
         }
     }
 }
@@ -132,7 +141,27 @@ builders!(ClientConfig {
     with_cooldown_max: cooldown_max: Duration,
     /// Sets [`ClientConfig::seed`].
     with_seed: seed: u64,
+    /// Sets [`ClientConfig::max_protocol_labels`].
+    with_max_protocol_labels: max_protocol_labels: usize,
 });
+
+impl ClientConfig {
+    /// Sets [`ClientConfig::slow_request_threshold`].
+    #[must_use]
+    pub fn with_slow_request_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_request_threshold = Some(threshold);
+        self
+    }
+}
+
+impl ServerConfig {
+    /// Sets [`ServerConfig::slow_handler_threshold`].
+    #[must_use]
+    pub fn with_slow_handler_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_handler_threshold = Some(threshold);
+        self
+    }
+}
 
 fn positive(option: &'static str, d: Duration) -> Result<(), ConfigError> {
     if d.is_zero() {
@@ -166,6 +195,10 @@ impl ClientConfig {
         nonzero("max_total_conns", self.max_total_conns)?;
         nonzero("max_idle_conns", self.max_idle_conns)?;
         nonzero("max_inflight_per_stream", self.max_inflight_per_stream)?;
+        nonzero("max_protocol_labels", self.max_protocol_labels)?;
+        if let Some(t) = self.slow_request_threshold {
+            positive("slow_request_threshold", t)?;
+        }
         if self.max_block_size > u32::MAX as usize {
             return Err(ConfigError::new("max_block_size", "must fit in 32 bits"));
         }
@@ -242,6 +275,11 @@ pub struct ServerConfig {
     pub compression: bool,
     /// Bodies shorter than this are never compressed (1 KiB).
     pub compression_threshold: usize,
+    /// A handler still running this long after admission is counted as
+    /// slow, and reported once, when it crosses the threshold, by a
+    /// [`ServerEvent::SlowHandler`](crate::ServerEvent::SlowHandler)
+    /// (rate-limited; see [`crate::stats`]). `None`: no alarm (the default).
+    pub slow_handler_threshold: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -262,6 +300,7 @@ impl Default for ServerConfig {
             cleanup_interval: Duration::from_secs(300),
             compression: true,
             compression_threshold: crate::compress::DEFAULT_THRESHOLD,
+            slow_handler_threshold: None,
         }
     }
 }
@@ -313,6 +352,9 @@ impl ServerConfig {
         nonzero("max_streams_per_peer", self.max_streams_per_peer)?;
         nonzero("max_block_size", self.max_block_size)?;
         nonzero("buffer_pool_size", self.buffer_pool_size)?;
+        if let Some(t) = self.slow_handler_threshold {
+            positive("slow_handler_threshold", t)?;
+        }
         if self.max_block_size > u32::MAX as usize {
             return Err(ConfigError::new("max_block_size", "must fit in 32 bits"));
         }

@@ -39,6 +39,7 @@ pub mod pool;
 pub mod retry;
 pub mod route;
 pub mod server;
+pub mod stats;
 mod time;
 mod transmit;
 
@@ -48,5 +49,6 @@ pub use error::{ConfigError, NodeFailure, RequestError, ServerError};
 pub use ids::{PeerKey, Protocol, RequestId, StreamId};
 pub use metrics::{ClientMetrics, ConnectionInfo, ServerMetrics};
 pub use server::{Server, ServerEvent};
+pub use stats::{ClientStats, ProtocolStats, ServerStats};
 pub use time::Instant;
 pub use transmit::{MAX_TRANSMIT, READ_PAUSE_BACKLOG, STREAM_WINDOW, Transmit};

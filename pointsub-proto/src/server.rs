@@ -9,6 +9,7 @@ use crate::config::ServerConfig;
 use crate::error::{ConfigError, ServerError};
 use crate::frame::{self, Decoded, ErrorCode, Flags, FrameKind, MessageDecoder};
 use crate::metrics::{ConnectionInfo, ServerMetrics};
+use crate::stats::{self, ServerBook, ServerStats};
 use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, StreamId};
 use bytes::Bytes;
@@ -55,6 +56,24 @@ pub enum ServerEvent {
     },
     /// [`Server::shutdown`] finished: no request is being handled any more.
     Stopped,
+    /// A handler has been running for
+    /// [`ServerConfig::slow_handler_threshold`] and has not answered:
+    /// emitted once per request, when it crosses the threshold
+    /// (rate-limited, see [`crate::stats`]).
+    SlowHandler {
+        /// The stream the request came on.
+        stream: StreamId,
+        /// The request's id on that stream.
+        request_id: u64,
+        /// The peer that sent it.
+        peer: PeerKey,
+        /// Its protocol.
+        protocol: Protocol,
+        /// Time since admission.
+        elapsed: std::time::Duration,
+        /// Warnings held back by the rate limit since the last one emitted.
+        suppressed: u64,
+    },
 }
 
 struct Handling {
@@ -127,6 +146,7 @@ pub struct Server {
     shutdown: Option<Instant>,
     stopped: bool,
     metrics: ServerMetrics,
+    stats: ServerBook,
     limit_range: (usize, usize),
 }
 
@@ -137,6 +157,7 @@ impl Server {
         let admission = Admission::new(cfg.admission());
         let limit = admission.limit();
         Ok(Server {
+            stats: ServerBook::new(cfg.slow_handler_threshold),
             cfg,
             protocols: BTreeSet::new(),
             allow: BTreeMap::new(),
@@ -170,6 +191,13 @@ impl Server {
         m.admission_limit = self.admission.limit() as u64;
         m.latency_baseline = self.admission.baseline();
         m
+    }
+
+    /// Per-protocol statistics (see [`crate::stats`]), with the admission
+    /// limit and the streams open.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+            .snapshot(self.admission.limit(), self.streams.len())
     }
 
     /// The current admission limit (requests handled at once).
@@ -286,6 +314,14 @@ impl Server {
         self.admission
             .complete(&h.peer, now.saturating_duration_since(h.admitted_at));
         let alive = self.streams.contains_key(&stream);
+        let delivered = alive && !h.cancelled;
+        self.stats.answered_with(
+            (stream, request_id),
+            &result,
+            delivered,
+            self.cfg.max_block_size,
+            now,
+        );
         if let Some(s) = self.streams.get_mut(&stream) {
             s.handling -= 1;
             s.last_active = now;
@@ -399,6 +435,7 @@ impl Server {
         s.last_active = now;
         s.bytes_in += data.len() as u64;
         self.metrics.bytes_read += data.len() as u64;
+        self.stats.wire_received(&s.protocol, data.len());
         s.decoder.push(data);
         // Whether a message ended in this read: a partial one after it
         // started now, not when an earlier one did.
@@ -433,6 +470,8 @@ impl Server {
                         let msg = format!("request body exceeds the server limit of {limit} bytes");
                         self.send_error(stream, request_id, ErrorCode::Oversize, &msg);
                         self.metrics.failed += 1;
+                        self.stats
+                            .refused_on(self.streams.get(&stream).map(|s| &s.protocol), "oversize");
                     }
                 }
                 Err(e) => {
@@ -480,6 +519,7 @@ impl Server {
 
     /// Time passed: fire what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.stats.fire(now, &mut self.events);
         while let Some(&(at, timer)) = self.timers.first() {
             if at > now {
                 break;
@@ -510,12 +550,17 @@ impl Server {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = next_transmit(&mut self.ready, &mut self.streams)?;
         self.metrics.bytes_written += t.data.len() as u64;
+        self.stats.wire_sent_on(
+            self.streams.get(&t.stream).map(|s| &s.protocol),
+            t.data.len(),
+        );
         Some(t)
     }
 
     /// When [`Server::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        let t = self.timers.first().map(|(at, _)| *at);
+        stats::earliest(t, self.stats.next_timeout())
     }
 
     // ----- internals -----
@@ -562,15 +607,18 @@ impl Server {
         };
         let peer = s.peer.clone();
         let protocol = s.protocol.clone();
+        self.stats.received(&protocol, body.len());
         if s.forbidden {
             let msg = format!("peer not allowed on {protocol}");
             self.send_error(stream, id, ErrorCode::Forbidden, &msg);
             self.metrics.failed += 1;
+            self.stats.refused(&protocol, "forbidden");
             return;
         }
         if self.shutdown.is_some() {
             self.send_error(stream, id, ErrorCode::ShuttingDown, "server shutting down");
             self.metrics.failed += 1;
+            self.stats.refused(&protocol, "shutting_down");
             return;
         }
         if self.handling.contains_key(&(stream, id)) {
@@ -596,9 +644,11 @@ impl Server {
             };
             self.send_error(stream, id, ErrorCode::Busy, &msg);
             self.metrics.rejected_busy += 1;
+            self.stats.refused(&protocol, "busy");
             return;
         }
         self.metrics.requests += 1;
+        self.stats.admitted((stream, id), &protocol, &peer, now);
         if let Some(s) = self.streams.get_mut(&stream) {
             s.handling += 1;
         }
@@ -625,6 +675,7 @@ impl Server {
             && !h.cancelled
         {
             h.cancelled = true;
+            self.stats.cancelled((stream, id));
             self.events.push_back(ServerEvent::Cancel {
                 stream,
                 request_id: id,
@@ -747,6 +798,12 @@ impl Server {
         for (stream, id) in pending {
             if let Some(h) = self.handling.remove(&(stream, id)) {
                 self.admission.release(&h.peer);
+                let outcome = if h.cancelled {
+                    "cancelled"
+                } else {
+                    "shutting_down"
+                };
+                self.stats.answered((stream, id), outcome, 0, now);
                 if let Some(s) = self.streams.get_mut(&stream) {
                     s.handling -= 1;
                 }

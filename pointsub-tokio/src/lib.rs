@@ -47,11 +47,17 @@
 //! is `src/tokio_rt.rs`. The `pointsub` binary is under `src/bin/pointsub/`,
 //! and its bench harness is the `bench` module, behind the `bench` feature
 //! (enabled by the default `cli` feature).
+//!
+//! The `metrics` feature (prometheus-client 0.25 only) adds the `metrics`
+//! module: pointsub's per-protocol request metrics in a Prometheus
+//! registry, the same one libp2p-metrics fills (README, "Metrics").
 #![deny(missing_docs)]
 
 #[cfg(feature = "bench")]
 pub mod bench;
 mod glue;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub use glue::{behaviour, client, conn, host, net, node, rt, server};
 #[cfg(feature = "tokio-runtime")]
 mod tokio_rt;
@@ -82,8 +88,8 @@ pub use node::{
     NodeShutDown, WithSwarmError,
 };
 pub use pointsub_proto::{
-    self as proto, ClientConfig, ClientMetrics, ConfigError, RequestError, ServerConfig,
-    ServerMetrics,
+    self as proto, ClientConfig, ClientMetrics, ClientStats, ConfigError, RequestError,
+    ServerConfig, ServerMetrics, ServerStats,
 };
 pub use rt::{Runtime, RuntimeExecutor};
 pub use server::{ConnectionInfo, HandlerError, StartError};

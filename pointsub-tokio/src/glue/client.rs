@@ -17,8 +17,8 @@ use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use libp2p::{PeerId, StreamProtocol};
 use pointsub_proto::{
-    ClientConfig, ClientEvent, ClientMetrics, ConfigError, Instant, OpenFailure, PeerKey, Protocol,
-    RequestError, RequestId, StreamId,
+    ClientConfig, ClientEvent, ClientMetrics, ClientStats, ConfigError, Instant, OpenFailure,
+    PeerKey, Protocol, RequestError, RequestId, StreamId,
 };
 use tracing::Instrument;
 
@@ -219,6 +219,23 @@ impl<R: Runtime> Side<R> for State {
                         // The caller may have gone; nothing to do then.
                         let _ = waiter.send(result);
                     }
+                }
+                ClientEvent::SlowRequest {
+                    id,
+                    protocol,
+                    peer,
+                    elapsed,
+                    suppressed,
+                } => {
+                    let peer = peer.as_ref().and_then(peer_id);
+                    tracing::warn!(
+                        request = %id,
+                        %protocol,
+                        peer = ?peer,
+                        elapsed_ms = elapsed.as_millis() as u64,
+                        suppressed,
+                        "slow request: still waiting for its outcome past the threshold"
+                    );
                 }
                 _ => {}
             }
@@ -641,6 +658,21 @@ impl<R: Runtime> Client<R> {
     /// Counters: requests, outcomes, retries, bytes, streams opened.
     pub fn metrics(&self) -> ClientMetrics {
         self.shared().lock().core.metrics()
+    }
+
+    /// Per-protocol statistics: outcomes, latency histogram, in flight,
+    /// retries and failovers, Busy answers, body and wire bytes, slow
+    /// requests, and the pool's streams (see [`pointsub_proto::stats`]).
+    pub fn stats(&self) -> ClientStats {
+        self.shared().lock().core.stats()
+    }
+
+    /// Reads [`Client::stats`] without keeping the client alive: `None`
+    /// once every clone of it was dropped.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn stats_source(&self) -> crate::metrics::StatsSource<ClientStats> {
+        let weak = Arc::downgrade(&self.handle.driver);
+        Box::new(move || weak.upgrade().map(|d| d.lock().core.stats()))
     }
 
     /// The pooled streams open now, with their traffic.

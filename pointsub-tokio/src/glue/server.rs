@@ -21,7 +21,8 @@ use futures::future::{BoxFuture, Either};
 use futures::{FutureExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use pointsub_proto::{
-    ConfigError, Instant, Protocol, ServerConfig, ServerError, ServerEvent, ServerMetrics, StreamId,
+    ConfigError, Instant, Protocol, ServerConfig, ServerError, ServerEvent, ServerMetrics,
+    ServerStats, StreamId,
 };
 use tracing::Instrument;
 
@@ -151,6 +152,25 @@ impl State {
                 }
                 ServerEvent::Cancel { stream, request_id } => {
                     tracing::debug!(%stream, request_id, "request cancelled by the client");
+                }
+                ServerEvent::SlowHandler {
+                    stream,
+                    request_id,
+                    peer,
+                    protocol,
+                    elapsed,
+                    suppressed,
+                } => {
+                    let peer = peer_id(&peer);
+                    tracing::warn!(
+                        %stream,
+                        request_id,
+                        %protocol,
+                        peer = ?peer,
+                        elapsed_ms = elapsed.as_millis() as u64,
+                        suppressed,
+                        "slow handler: still running past the threshold"
+                    );
                 }
                 ServerEvent::CloseStream { stream, reset } => {
                     let how = if reset { Close::Reset } else { Close::Graceful };
@@ -493,6 +513,22 @@ impl<R: Runtime> Server<R> {
     /// Counters: requests, outcomes, "busy" refusals, bytes, streams.
     pub fn metrics(&self) -> ServerMetrics {
         self.shared().lock().core.metrics()
+    }
+
+    /// Per-protocol statistics: outcomes, handler latency histogram,
+    /// requests in flight, Busy answers, cancellations, body and wire
+    /// bytes, slow handlers, the admission limit (see
+    /// [`pointsub_proto::stats`]).
+    pub fn stats(&self) -> ServerStats {
+        self.shared().lock().core.stats()
+    }
+
+    /// Reads [`Server::stats`] without keeping the server alive: `None`
+    /// once every clone of it was dropped.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn stats_source(&self) -> crate::metrics::StatsSource<ServerStats> {
+        let weak = Arc::downgrade(&self.handle.driver);
+        Box::new(move || weak.upgrade().map(|d| d.lock().core.stats()))
     }
 
     /// The inbound streams open now: remote peer and address, last

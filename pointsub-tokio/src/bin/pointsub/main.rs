@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ use pointsub_tokio::{
 };
 
 mod reach;
+mod chart;
+mod prom;
 mod soak;
 
 /// The protocol `serve` and `send` use unless told otherwise.
@@ -70,7 +73,8 @@ enum Command {
     /// address, with its `/p2p/<peer id>` suffix, as `listening on <addr>`
     /// (with --relay, its `/p2p-circuit` address through each relay too).
     /// --delay-ms slows every answer; --key-seed keeps the peer id across
-    /// restarts; --fail-protocol adds a protocol whose handler always fails.
+    /// restarts; --fail-protocol adds a protocol whose handler always fails;
+    /// --metrics ADDR serves Prometheus metrics at http://ADDR/metrics.
     Serve(ServeArgs),
     /// Runs a relay for nodes behind NATs until interrupted: a circuit
     /// relay v2 server, an AutoNAT v2 server and a Kademlia server. Prints
@@ -111,6 +115,10 @@ struct DemoArgs {
     /// Use QUIC instead of TCP (noise + yamux).
     #[arg(long)]
     quic: bool,
+    /// Serves Prometheus metrics (OpenMetrics text) at
+    /// http://ADDR/metrics while the demo runs, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,6 +156,16 @@ struct ServeArgs {
     /// every request with a handler error), so clients can test that path.
     #[arg(long, value_name = "P")]
     fail_protocol: Option<String>,
+    /// Serves Prometheus metrics (OpenMetrics text) at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9464 (port 0: any free port;
+    /// the address is printed as `metrics on http://…/metrics`).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Logs a warning (rate-limited) and counts
+    /// `pointsub_server_slow_handlers_total` for each handler still running
+    /// this many milliseconds after admission.
+    #[arg(long, value_name = "MS")]
+    slow_handler_ms: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -266,6 +284,12 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, BoxError> {
         Ok::<_, String>(body)
     })?;
     let client = Client::new(&client_node, ClientConfig::default())?;
+    if let Some(addr) = args.metrics {
+        let endpoint = prom::start(addr).await?;
+        endpoint.metrics.add_client(&client);
+        endpoint.metrics.add_server(&server);
+        println!("{}", endpoint.announce());
+    }
 
     let mut failures = 0;
     println!(
@@ -422,7 +446,18 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     let node = Node::new(config).await?;
     reach::check_reservations(&node, &args.relay).await?;
     reach::log_events(&node);
-    let server = Server::new(&node, ServerConfig::default())?;
+    let mut server_config = ServerConfig::default();
+    if let Some(ms) = args.slow_handler_ms {
+        server_config = server_config.with_slow_handler_threshold(Duration::from_millis(ms.max(1)));
+    }
+    let server = Server::new(&node, server_config)?;
+    let endpoint = match args.metrics {
+        Some(addr) => Some(prom::start(addr).await?),
+        None => None,
+    };
+    if let Some(endpoint) = &endpoint {
+        endpoint.metrics.add_server(&server);
+    }
     let delay = Duration::from_millis(args.delay_ms);
     server.start(&args.protocol, move |peer, body: Bytes| async move {
         tracing::info!(%peer, size = body.len(), "echo");
@@ -445,6 +480,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
         writeln!(out, "serving {}", args.protocol)?;
         if let Some(protocol) = &args.fail_protocol {
             writeln!(out, "serving {protocol} (always fails)")?;
+        }
+        if let Some(endpoint) = &endpoint {
+            writeln!(out, "{}", endpoint.announce())?;
         }
         out.flush()?;
     }

@@ -8,6 +8,8 @@
 //! abrupt (the node shuts down with requests in flight).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,7 @@ use pointsub_tokio::{
     Client, ClientConfig, Multiaddr, Node, NodeConfig, PeerId, RequestError, Server, ServerConfig,
 };
 
-use crate::BoxError;
+use crate::{BoxError, chart, prom};
 
 const ECHO: &str = "/soak/echo/1";
 const UPPER: &str = "/soak/upper/1";
@@ -51,6 +53,16 @@ pub struct SoakArgs {
     /// Seconds between progress lines.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     report_every: u64,
+    /// Serves Prometheus metrics (OpenMetrics text) of every client and
+    /// server at http://ADDR/metrics during the run.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Scrapes the metrics endpoint over HTTP once a second and, at the
+    /// end, draws what it saw (request rate, latency quantiles, in flight
+    /// and admission limit) as an SVG chart at PATH. Serves the endpoint
+    /// on a free loopback port unless --metrics is given.
+    #[arg(long, value_name = "PATH")]
+    metrics_chart: Option<PathBuf>,
 }
 
 /// Outcome counts, shared by the workers.
@@ -273,6 +285,26 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode, BoxError> {
         clients.push((node, client));
     }
 
+    let endpoint = match (args.metrics, &args.metrics_chart) {
+        (Some(addr), _) => Some(prom::start(addr).await?),
+        (None, Some(_)) => Some(prom::start(SocketAddr::from(([127, 0, 0, 1], 0))).await?),
+        (None, None) => None,
+    };
+    let (chart_stop, chart_stopped) = tokio::sync::watch::channel(false);
+    let mut sampler = None;
+    if let Some(endpoint) = &endpoint {
+        for s in &slots {
+            endpoint.metrics.add_server(&s.server);
+        }
+        for (_, c) in &clients {
+            endpoint.metrics.add_client(c);
+        }
+        println!("{}", endpoint.announce());
+        if args.metrics_chart.is_some() {
+            sampler = Some(tokio::spawn(chart::sample(endpoint.addr, chart_stopped)));
+        }
+    }
+
     let started = Instant::now();
     let rss_start = rss_kib();
     let mut rss_series = vec![(0u64, rss_start)];
@@ -297,6 +329,9 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode, BoxError> {
             slot.node.shutdown();
             tokio::time::sleep(Duration::from_millis(300)).await;
             let (node, server) = start_server(slot.keypair.clone(), slot.addr.clone()).await?;
+            if let Some(endpoint) = &endpoint {
+                endpoint.metrics.add_server(&server);
+            }
             slot.node = node;
             slot.server = server;
             restarts += 1;
@@ -324,6 +359,16 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode, BoxError> {
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await?;
+    }
+    if let (Some(sampler), Some(path)) = (sampler, &args.metrics_chart) {
+        let _ = chart_stop.send(true);
+        let scrapes = sampler.await?;
+        chart::draw(path, &scrapes)?;
+        println!(
+            "metrics chart ({} scrapes): {}",
+            scrapes.len(),
+            path.display()
+        );
     }
     let ok = tally.ok.load(Ordering::Relaxed);
     let failed = tally.failed();
