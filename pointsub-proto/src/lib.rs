@@ -47,6 +47,7 @@ pub use config::{ClientConfig, ServerConfig};
 pub use error::{ConfigError, NodeFailure, RequestError, ServerError};
 pub use ids::{PeerKey, Protocol, RequestId, StreamId};
 pub use metrics::{ClientMetrics, ConnectionInfo, ServerMetrics};
+pub use route::NodeSource;
 pub use server::{Server, ServerEvent};
 pub use time::Instant;
 pub use transmit::{MAX_TRANSMIT, READ_PAUSE_BACKLOG, STREAM_WINDOW, Transmit};
