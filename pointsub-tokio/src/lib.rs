@@ -52,7 +52,7 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 mod glue;
-pub use glue::{behaviour, client, conn, host, node, rt, server};
+pub use glue::{behaviour, client, conn, discovery, host, node, rt, server};
 #[cfg(feature = "tokio-runtime")]
 mod tokio_rt;
 
@@ -70,7 +70,7 @@ pub mod generic {
 
 pub use behaviour::{
     AlreadyRegistered, Behaviour, Closed, Connect, Control, DialError, IncomingStreams, OpenStream,
-    OpenStreamError, StreamLimits,
+    OpenStreamError, PeerProtocols, RemoteProtocolsWatch, StreamLimits,
 };
 pub use client::{ClosestOptions, RequestErrorExt, Response};
 pub use conn::{ConnError, DEFAULT_CONN_TIMEOUT};
@@ -80,8 +80,8 @@ pub use node::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, NodeConfig, NodeError, NodeRuntime,
 };
 pub use pointsub_proto::{
-    self as proto, ClientConfig, ClientMetrics, ConfigError, RequestError, ServerConfig,
-    ServerMetrics,
+    self as proto, ClientConfig, ClientMetrics, ConfigError, NodeSource, RequestError,
+    ServerConfig, ServerMetrics,
 };
 pub use rt::{Runtime, RuntimeExecutor};
 pub use server::{ConnectionInfo, HandlerError, StartError};

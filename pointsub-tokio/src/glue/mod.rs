@@ -9,6 +9,8 @@
 //!   above it is built on; [`node`]: a swarm of its own, driven by a task;
 //! - [`client`], [`server`], [`conn`]: the public APIs; `driver` moves one
 //!   core's bytes between its streams and the runtime;
+//! - [`discovery`]: server nodes for `send_closest` found through identify
+//!   and Kademlia provider records;
 //! - `common`: what client and server share (peer keys, connection info,
 //!   the mutex helper).
 
@@ -16,6 +18,7 @@ pub mod behaviour;
 pub mod client;
 mod common;
 pub mod conn;
+pub mod discovery;
 pub(crate) mod driver;
 pub mod host;
 pub mod node;

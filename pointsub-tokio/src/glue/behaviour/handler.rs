@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::future::{Ready, ready};
+use futures::task::AtomicWaker;
 use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
 use libp2p::swarm::handler::{
     ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
     ListenUpgradeError,
 };
 use libp2p::swarm::{
-    ConnectionHandler, ConnectionHandlerEvent, StreamUpgradeError, SubstreamProtocol,
+    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, StreamUpgradeError, SubstreamProtocol,
 };
 use libp2p::{PeerId, Stream, StreamProtocol};
 
@@ -48,9 +49,13 @@ pub struct HandlerIn(pub(super) OpenRequest);
 /// it turns open requests into outbound substreams.
 pub struct Handler {
     pub(super) peer: PeerId,
+    pub(super) connection: ConnectionId,
     pub(super) shared: Arc<Shared>,
     pub(super) open_timeout: Duration,
     pub(super) pending: VecDeque<OpenRequest>,
+    /// Woken when the local protocols change, so that the connection
+    /// re-reads them (and identify pushes them) at once.
+    pub(super) protocols_changed: Arc<AtomicWaker>,
 }
 
 impl fmt::Debug for Handler {
@@ -81,12 +86,13 @@ impl ConnectionHandler for Handler {
 
     fn poll(
         &mut self,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<
         ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
     > {
         // The connection task polls the handler again right after every
-        // `on_behaviour_event`, so no waker needs storing here.
+        // `on_behaviour_event`; the waker is only for protocol changes.
+        self.protocols_changed.register(cx.waker());
         while let Some(request) = self.pending.pop_front() {
             if request.reply.is_canceled() {
                 continue;
@@ -140,6 +146,9 @@ impl ConnectionHandler for Handler {
                 let _ = request.reply.send(Err(error));
             }
             ConnectionEvent::ListenUpgradeError(ListenUpgradeError { error, .. }) => match error {},
+            ConnectionEvent::RemoteProtocolsChange(change) => {
+                lock(&self.shared.remote).changed(self.peer, self.connection, &change);
+            }
             _ => {}
         }
     }

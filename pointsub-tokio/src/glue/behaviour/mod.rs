@@ -80,11 +80,14 @@ use crate::glue::common::lock;
 mod control;
 mod handler;
 mod limits;
+mod remote;
 mod shared;
 
 pub use control::*;
 pub use handler::*;
 pub use limits::{MAX_STREAMS_PER_CONNECTION, swarm_limits, yamux_config};
+pub use remote::{PeerProtocols, RemoteProtocolsWatch};
+use remote::{ProtocolWakers, RemoteProtocols};
 use shared::*;
 
 /// Default bound on opening one substream (muxer wait plus protocol
@@ -170,12 +173,18 @@ impl Behaviour {
         }
     }
 
-    fn handler(&self, peer: PeerId) -> Handler {
+    fn handler(&self, peer: PeerId, connection: ConnectionId) -> Handler {
+        let protocols_changed = Arc::new(futures::task::AtomicWaker::new());
+        lock(&self.shared.registry)
+            .wakers
+            .register(&protocols_changed);
         Handler {
             peer,
+            connection,
             shared: self.shared.clone(),
             open_timeout: self.open_timeout,
             pending: VecDeque::new(),
+            protocols_changed,
         }
     }
 
@@ -389,6 +398,7 @@ impl Drop for Behaviour {
         };
         // Dropping the senders ends every IncomingStreams.
         drop(receivers);
+        lock(&self.shared.remote).close();
     }
 }
 
@@ -398,12 +408,12 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_inbound_connection(
         &mut self,
-        _connection_id: ConnectionId,
+        connection_id: ConnectionId,
         peer: PeerId,
         _local_addr: &Multiaddr,
         _remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer))
+        Ok(self.handler(peer, connection_id))
     }
 
     fn handle_pending_outbound_connection(
@@ -432,21 +442,23 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_outbound_connection(
         &mut self,
-        _connection_id: ConnectionId,
+        connection_id: ConnectionId,
         peer: PeerId,
         _addr: &Multiaddr,
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer))
+        Ok(self.handler(peer, connection_id))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
+                lock(&self.shared.remote).connection_opened(e.peer_id, e.connection_id);
                 self.on_connection_established(e.peer_id, e.connection_id, e.endpoint);
             }
             FromSwarm::ConnectionClosed(e) => {
+                lock(&self.shared.remote).connection_closed(e.peer_id, e.connection_id);
                 let mut state = lock(&self.shared.state);
                 if let Some(connections) = state.connections.get_mut(&e.peer_id) {
                     connections.retain(|c| c.id != e.connection_id);
