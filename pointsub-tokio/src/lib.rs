@@ -52,7 +52,7 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 mod glue;
-pub use glue::{behaviour, client, conn, discovery, host, node, rt, server};
+pub use glue::{behaviour, client, conn, discovery, host, net, node, rt, server};
 #[cfg(feature = "tokio-runtime")]
 mod tokio_rt;
 
@@ -76,8 +76,10 @@ pub use client::{ClosestOptions, RequestErrorExt, Response};
 pub use conn::{ConnError, DEFAULT_CONN_TIMEOUT};
 pub use host::NOT_POLLED_TIMEOUT;
 pub use libp2p::{self, Multiaddr, PeerId, Stream, StreamProtocol};
+pub use net::{HolePunchOutcome, NatStatus, NodeEvent, PeerConnection, RelayLimits};
 pub use node::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, NodeConfig, NodeError, NodeRuntime,
+    NodeShutDown, WithSwarmError,
 };
 pub use pointsub_proto::{
     self as proto, ClientConfig, ClientMetrics, ConfigError, NodeSource, RequestError,

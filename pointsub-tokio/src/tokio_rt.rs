@@ -10,6 +10,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, SwarmBuilder, noise, tcp};
 
 use crate::behaviour::Behaviour;
+use crate::net::NetBehaviour;
 use crate::node::{MAX_STREAMS_PER_CONNECTION, NodeConfig, NodeError, NodeRuntime};
 use crate::rt::{BoxSleep, BoxTask, Runtime};
 
@@ -97,23 +98,28 @@ impl NodeRuntime for TokioRuntime {
         TokioRuntime::try_current().map_err(|e| NodeError::Runtime(e.to_string()))
     }
 
-    /// Builds the swarm (TCP with nodelay + noise + yamux, and QUIC) and
-    /// starts the node. Listens on loopback TCP and QUIC unless the config
-    /// says otherwise.
+    /// Builds the swarm and starts the node: TCP (nodelay, port reuse for
+    /// hole punching) + noise + yamux, QUIC, `/dns` through libp2p-dns, and
+    /// the relay client transport, under a [`NetBehaviour`] for `config`.
+    /// Listens on loopback TCP and QUIC unless the config says otherwise,
+    /// plus a `/p2p-circuit` listener per relay in the config.
+    ///
+    /// Port reuse: libp2p-tcp 0.45 chooses it per dial (`PortUse::Reuse`,
+    /// the swarm's default for dials by peer id, DCUtR's included): an
+    /// outgoing TCP connection leaves from a listening port, so the address
+    /// a NAT maps it to is one a hole punch can reach.
     async fn start_node(self, config: NodeConfig) -> Result<Node, NodeError> {
-        let loopback = Multiaddr::empty().with(Protocol::Ip4(Ipv4Addr::LOCALHOST));
-        let listen = config.listen_addrs.clone().unwrap_or_else(|| {
-            vec![
-                loopback.clone().with(Protocol::Tcp(0)),
-                loopback.with(Protocol::Udp(0)).with(Protocol::QuicV1),
-            ]
-        });
-        let keypair = config.keypair.unwrap_or_else(Keypair::generate_ed25519);
+        let listen = config.all_listen_addrs(default_listen_addrs);
+        let keypair = config
+            .keypair
+            .clone()
+            .unwrap_or_else(Keypair::generate_ed25519);
         let behaviour =
             Behaviour::new(keypair.public().to_peer_id()).with_open_timeout(config.open_timeout);
         let control = behaviour.control();
         let idle = config.idle_connection_timeout;
         let stream_limit = u32::try_from(MAX_STREAMS_PER_CONNECTION).unwrap_or(u32::MAX);
+        let (dns_config, dns_opts) = dns_resolver();
         let swarm = SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -126,7 +132,16 @@ impl NodeRuntime for TokioRuntime {
                 quic.max_concurrent_stream_limit = stream_limit;
                 quic
             })
-            .with_behaviour(|_| behaviour)
+            .with_dns_config(dns_config, dns_opts)
+            .with_relay_client(noise::Config::new, || control.yamux_config())
+            .map_err(|e| NodeError::Transport(e.to_string()))?
+            .with_behaviour(|key, relay_client| {
+                let mut net = NetBehaviour::new(&key.public(), relay_client, behaviour, &config);
+                if config.mdns {
+                    net.mdns = mdns(key.public().to_peer_id())?;
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(net)
+            })
             .map_err(|e| NodeError::Transport(e.to_string()))?
             .with_swarm_config(|swarm| {
                 control
@@ -135,6 +150,65 @@ impl NodeRuntime for TokioRuntime {
             })
             .with_connection_timeout(config.connect_timeout)
             .build();
-        Node::from_swarm(swarm, self, listen).await
+        let node = Node::from_swarm(swarm, self, listen).await?;
+        for addr in config.external_addrs {
+            // The node was just started: it runs.
+            let _ = node.add_external_address(addr);
+        }
+        Ok(node)
     }
+}
+
+/// The tokio node's listen addresses when the config names none: TCP and
+/// QUIC on loopback, or on every IPv4 interface on `all_interfaces`' port.
+fn default_listen_addrs(all_interfaces: Option<u16>) -> Vec<Multiaddr> {
+    let (ip, port) = match all_interfaces {
+        Some(port) => (Ipv4Addr::UNSPECIFIED, port),
+        None => (Ipv4Addr::LOCALHOST, 0),
+    };
+    let base = Multiaddr::empty().with(Protocol::Ip4(ip));
+    vec![
+        base.clone().with(Protocol::Tcp(port)),
+        base.with(Protocol::Udp(port)).with(Protocol::QuicV1),
+    ]
+}
+
+/// The resolver for `/dns` addresses: the system's (`/etc/resolv.conf` on
+/// Unix) when it can be read, else a fixed public one (Cloudflare's), so
+/// that a machine or container without a resolver configuration still
+/// starts nodes; only `/dns` dials need it.
+fn dns_resolver() -> (
+    hickory_resolver::config::ResolverConfig,
+    hickory_resolver::config::ResolverOpts,
+) {
+    match hickory_resolver::system_conf::read_system_conf() {
+        Ok(system) => system,
+        Err(e) => {
+            tracing::debug!(error = %e, "no system DNS configuration; /dns uses Cloudflare's resolvers");
+            (
+                hickory_resolver::config::ResolverConfig::udp_and_tcp(
+                    &hickory_resolver::config::CLOUDFLARE,
+                ),
+                hickory_resolver::config::ResolverOpts::default(),
+            )
+        }
+    }
+}
+
+/// The node's mDNS behaviour, on (feature `mdns`).
+#[cfg(feature = "mdns")]
+fn mdns(
+    peer: libp2p::PeerId,
+) -> Result<libp2p::swarm::behaviour::toggle::Toggle<crate::net::Mdns>, std::io::Error> {
+    let mdns = libp2p::mdns::tokio::Behaviour::new(libp2p::mdns::Config::default(), peer)?;
+    Ok(Some(mdns).into())
+}
+
+/// Without the `mdns` feature: off, with a warning.
+#[cfg(not(feature = "mdns"))]
+fn mdns(
+    _: libp2p::PeerId,
+) -> Result<libp2p::swarm::behaviour::toggle::Toggle<crate::net::Mdns>, std::io::Error> {
+    tracing::warn!("mDNS asked for, but pointsub-tokio was built without its `mdns` feature");
+    Ok(None.into())
 }

@@ -11,6 +11,8 @@
 //!   core's bytes between its streams and the runtime;
 //! - [`discovery`]: server nodes for `send_closest` found through identify
 //!   and Kademlia provider records;
+//! - [`net`]: the node's composed behaviour for real networks (identify,
+//!   ping, AutoNAT v2, relay, DCUtR, Kademlia, mDNS) and its events;
 //! - `common`: what client and server share (peer keys, connection info,
 //!   the mutex helper).
 
@@ -21,6 +23,7 @@ pub mod conn;
 pub mod discovery;
 pub(crate) mod driver;
 pub mod host;
+pub mod net;
 pub mod node;
 pub mod rt;
 pub mod server;

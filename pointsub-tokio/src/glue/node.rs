@@ -43,23 +43,30 @@
 //!   opens wait for credit instead of failing. The tokio node raises it to
 //!   1024 as well.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::channel::oneshot;
-use futures::future::{self, Either};
+use futures::channel::{mpsc, oneshot};
+use futures::future;
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
-use libp2p::swarm::SwarmEvent;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
 
-use super::behaviour::{Behaviour, DEFAULT_OPEN_TIMEOUT};
+use super::behaviour::DEFAULT_OPEN_TIMEOUT;
 use super::common::lock;
 use super::host::Host;
+use super::net::{
+    NatStatus, NetState, NodeBehaviour, NodeEvent, PeerConnection, RelayLimits, net_state,
+};
 use super::rt::Runtime;
 
 pub use super::behaviour::{MAX_STREAMS_PER_CONNECTION, swarm_limits, yamux_config};
@@ -85,16 +92,54 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to build a [`Node`], on any runtime. The default needs no
 /// configuration: a fresh ed25519 identity, listening on loopback on
-/// ephemeral ports (TCP, plus QUIC where the runtime has it).
+/// ephemeral ports (TCP, plus QUIC where the runtime has it), with
+/// identify, ping, AutoNAT v2 (client), the relay client and DCUtR on, and
+/// no relay server, AutoNAT server, Kademlia or mDNS.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct NodeConfig {
     /// The node's identity; `None` generates a fresh ed25519 key.
     pub keypair: Option<Keypair>,
-    /// Where to listen. `None`: the runtime's default (tokio:
-    /// `/ip4/127.0.0.1/tcp/0` and `/ip4/127.0.0.1/udp/0/quic-v1`;
-    /// async-std: `/ip4/127.0.0.1/tcp/0`). `Some(vec![])`: dial-only node.
+    /// Where to listen: any multiaddrs the runtime's transports take
+    /// (`/ip4/0.0.0.0/tcp/4001`, `/ip6/::/udp/0/quic-v1`, …). `None`: the
+    /// runtime's default (tokio: `/ip4/127.0.0.1/tcp/0` and
+    /// `/ip4/127.0.0.1/udp/0/quic-v1`; async-std: `/ip4/127.0.0.1/tcp/0`),
+    /// or [`NodeConfig::listen_all_interfaces`]'s. `Some(vec![])`: no
+    /// direct listener (a node may still listen through
+    /// [`NodeConfig::relays`]).
     pub listen_addrs: Option<Vec<Multiaddr>>,
+    /// Listen on every interface, on this port, on each of the runtime's
+    /// transports (tokio: TCP and QUIC, IPv4 and IPv6; async-std: TCP),
+    /// when [`NodeConfig::listen_addrs`] is `None`.
+    pub listen_all_interfaces: Option<u16>,
+    /// Addresses to announce as this node's own, confirmed from the start
+    /// (e.g. a public address in front of a port forward). A relay server
+    /// accepts reservations only once it has one.
+    pub external_addrs: Vec<Multiaddr>,
+    /// Relays to listen through: each is a relay's address ending with
+    /// `/p2p/<relay id>` (`/p2p-circuit` may follow). The node reserves a
+    /// slot on each; [`NodeEvent::RelayReservation`] reports its
+    /// `/p2p-circuit` address.
+    ///
+    /// [`NodeEvent::RelayReservation`]: crate::net::NodeEvent::RelayReservation
+    pub relays: Vec<Multiaddr>,
+    /// Run a relay server with these circuit limits (`None`: no server).
+    pub relay_server: Option<RelayLimits>,
+    /// Serve AutoNAT v2: dial other nodes back to tell them whether they
+    /// are reachable. For public nodes (relays, bootstrap nodes).
+    pub autonat_server: bool,
+    /// The node says it is publicly reachable: its Kademlia runs in server
+    /// mode. Otherwise Kademlia stays a client, whatever addresses get
+    /// confirmed.
+    pub public: bool,
+    /// Run Kademlia (under `/pointsub/kad/1.0.0`).
+    pub kad: bool,
+    /// Kademlia's first peers: addresses ending with `/p2p/<peer id>`.
+    /// Setting them with [`NodeConfig::with_bootstrap`] turns Kademlia on.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Find peers on the LAN with mDNS (feature `mdns`, tokio only;
+    /// ignored elsewhere, with a warning).
+    pub mdns: bool,
     /// How long a connection with no streams stays open. Default 5 min.
     pub idle_connection_timeout: Duration,
     /// Bound on opening one stream (muxer wait plus protocol negotiation).
@@ -110,6 +155,15 @@ impl Default for NodeConfig {
         Self {
             keypair: None,
             listen_addrs: None,
+            listen_all_interfaces: None,
+            external_addrs: Vec::new(),
+            relays: Vec::new(),
+            relay_server: None,
+            autonat_server: false,
+            public: false,
+            kad: false,
+            bootstrap: Vec::new(),
+            mdns: false,
             idle_connection_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -125,11 +179,79 @@ impl NodeConfig {
         self
     }
 
-    /// Listens on exactly `addrs` (replacing the defaults; empty: dial
-    /// only).
+    /// Listens on exactly `addrs` (replacing the defaults; empty: no
+    /// direct listener).
     #[must_use]
     pub fn with_listen_addrs(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
         self.listen_addrs = Some(addrs.into_iter().collect());
+        self
+    }
+
+    /// Listens on every interface on `port` (0: ephemeral), on each of
+    /// the runtime's transports; replaces [`NodeConfig::listen_addrs`].
+    #[must_use]
+    pub fn listen_on_all_interfaces(mut self, port: u16) -> Self {
+        self.listen_addrs = None;
+        self.listen_all_interfaces = Some(port);
+        self
+    }
+
+    /// Announces `addrs` as this node's own external addresses.
+    #[must_use]
+    pub fn with_external_addrs(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.external_addrs.extend(addrs);
+        self
+    }
+
+    /// Listens through the relays at `addrs` (each ending with
+    /// `/p2p/<relay id>`).
+    #[must_use]
+    pub fn with_relays(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.relays.extend(addrs);
+        self
+    }
+
+    /// Runs a relay server with `limits` on every circuit.
+    #[must_use]
+    pub fn with_relay_server(mut self, limits: RelayLimits) -> Self {
+        self.relay_server = Some(limits);
+        self
+    }
+
+    /// Serves AutoNAT v2 (or not).
+    #[must_use]
+    pub fn with_autonat_server(mut self, on: bool) -> Self {
+        self.autonat_server = on;
+        self
+    }
+
+    /// Says whether this node is publicly reachable (Kademlia server mode).
+    #[must_use]
+    pub fn with_public(mut self, public: bool) -> Self {
+        self.public = public;
+        self
+    }
+
+    /// Runs Kademlia (or not).
+    #[must_use]
+    pub fn with_kad(mut self, on: bool) -> Self {
+        self.kad = on;
+        self
+    }
+
+    /// Adds Kademlia bootstrap peers (addresses ending with `/p2p/<peer
+    /// id>`) and turns Kademlia on.
+    #[must_use]
+    pub fn with_bootstrap(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.bootstrap.extend(addrs);
+        self.kad = true;
+        self
+    }
+
+    /// Finds LAN peers with mDNS (feature `mdns`, tokio).
+    #[must_use]
+    pub fn with_mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
         self
     }
 
@@ -152,6 +274,30 @@ impl NodeConfig {
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Everything the node listens on: the listen addresses (or
+    /// `defaults`: the runtime's loopback ones, or its all-interfaces ones
+    /// for `port`), then a `/p2p-circuit` listener per relay.
+    pub fn all_listen_addrs(
+        &self,
+        defaults: impl FnOnce(Option<u16>) -> Vec<Multiaddr>,
+    ) -> Vec<Multiaddr> {
+        let mut addrs = match &self.listen_addrs {
+            Some(addrs) => addrs.clone(),
+            None => defaults(self.listen_all_interfaces),
+        };
+        for relay in &self.relays {
+            let addr = if relay.iter().any(|p| p == Protocol::P2pCircuit) {
+                relay.clone()
+            } else {
+                relay.clone().with(Protocol::P2pCircuit)
+            };
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        addrs
     }
 }
 
@@ -253,9 +399,41 @@ impl ListenState {
 struct Inner<R> {
     host: Host<R>,
     listen: Arc<Mutex<ListenState>>,
+    net: Arc<Mutex<NetState>>,
+    commands: mpsc::UnboundedSender<SwarmCommand>,
     /// Dropping or firing this ends the swarm task. The host holds it too,
     /// so clients and servers on the node keep it running.
     stop: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+}
+
+/// Work for the swarm task that needs the swarm itself.
+enum SwarmCommand {
+    /// `Swarm::listen_on`, answered with the listener or why not.
+    ListenOn(Multiaddr, oneshot::Sender<Result<ListenerId, String>>),
+    /// `Swarm::add_external_address`.
+    AddExternal(Multiaddr),
+    /// `Swarm::close_connection`.
+    CloseConnection(ConnectionId),
+    /// A closure run on the swarm (downcast from `dyn Any`).
+    WithSwarm(Box<dyn FnOnce(&mut dyn Any) + Send>),
+}
+
+/// The node's swarm task is gone (the node was shut down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the node is shut down")]
+#[non_exhaustive]
+pub struct NodeShutDown;
+
+/// Why [`Node::with_swarm`] did not run its closure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WithSwarmError {
+    /// The node is shut down.
+    #[error("the node is shut down")]
+    ShutDown,
+    /// The node's swarm does not carry the behaviour type asked for.
+    #[error("the node's swarm does not carry the behaviour type asked for")]
+    WrongBehaviour,
 }
 
 /// A running libp2p host: its identity, listen addresses, connections and
@@ -302,6 +480,10 @@ impl<R: Runtime> std::ops::Deref for Node<R> {
 impl<R: Runtime> Node<R> {
     /// Starts a node on an already built swarm.
     ///
+    /// The swarm's behaviour is pointsub's [`Behaviour`](crate::Behaviour)
+    /// alone, or the composed [`NetBehaviour`](crate::net::NetBehaviour)
+    /// that [`Node::new`] builds ([`NodeBehaviour`] covers both).
+    ///
     /// Listens on `listen_addrs`, spawns the task driving the swarm on
     /// `runtime`, and waits (at most [`LISTEN_TIMEOUT`]) until every
     /// listener has reported an address or failed. Fails if an address is
@@ -314,20 +496,26 @@ impl<R: Runtime> Node<R> {
     /// `SwarmBuilder` adds one), since dials are bounded by it. Fails with
     /// [`NodeError::PeerIdMismatch`] if the behaviour was made for another
     /// identity than the swarm's.
-    pub async fn from_swarm(
-        mut swarm: Swarm<Behaviour>,
+    pub async fn from_swarm<B>(
+        mut swarm: Swarm<B>,
         runtime: R,
         listen_addrs: impl IntoIterator<Item = Multiaddr>,
-    ) -> Result<Self, NodeError> {
+    ) -> Result<Self, NodeError>
+    where
+        B: NodeBehaviour + Send + 'static,
+        Swarm<B>: Send,
+        B::ToSwarm: Send,
+    {
         let peer_id = *swarm.local_peer_id();
-        if swarm.behaviour().local_peer_id() != peer_id {
+        let pointsub = swarm.behaviour().pointsub();
+        if pointsub.local_peer_id() != peer_id {
             return Err(NodeError::PeerIdMismatch {
-                behaviour: swarm.behaviour().local_peer_id(),
+                behaviour: pointsub.local_peer_id(),
             });
         }
         let (stop_tx, stop_rx) = oneshot::channel();
         let stop = Arc::new(Mutex::new(Some(stop_tx)));
-        let host = swarm.behaviour().host(runtime).with_lifeline(stop.clone());
+        let host = pointsub.host(runtime).with_lifeline(stop.clone());
 
         let mut waiting = HashSet::new();
         for addr in listen_addrs {
@@ -350,11 +538,24 @@ impl<R: Runtime> Node<R> {
             ready: has_listeners.then_some(ready_tx),
             ..ListenState::default()
         }));
+        let net = Arc::new(Mutex::new(NetState::default()));
+        let (commands, commands_rx) = mpsc::unbounded();
 
-        host.runtime()
-            .spawn(Box::pin(drive(swarm, stop_rx, listen.clone())));
+        host.runtime().spawn(Box::pin(drive(
+            swarm,
+            stop_rx,
+            commands_rx,
+            listen.clone(),
+            net.clone(),
+        )));
         let node = Self {
-            inner: Arc::new(Inner { host, listen, stop }),
+            inner: Arc::new(Inner {
+                host,
+                listen,
+                net,
+                commands,
+                stop,
+            }),
         };
 
         if has_listeners {
@@ -376,7 +577,8 @@ impl<R: Runtime> Node<R> {
     }
 
     /// The addresses this node listens on now (as reported by its
-    /// listeners; expired ones removed).
+    /// listeners; expired ones removed). A relay reservation adds its
+    /// `/p2p-circuit` address here.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         lock(&self.inner.listen).addrs.clone()
     }
@@ -387,13 +589,122 @@ impl<R: Runtime> Node<R> {
         let me = self.peer_id();
         self.listen_addrs()
             .into_iter()
-            .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(me)))
+            .map(|a| a.with(Protocol::P2p(me)))
             .collect()
+    }
+
+    /// Why listeners failed so far (e.g. a relay that refused the
+    /// reservation), one line each.
+    pub fn listen_failures(&self) -> Vec<String> {
+        lock(&self.inner.listen).failures.clone()
     }
 
     /// The node's [`Host`] (also reached through `Deref`).
     pub fn host(&self) -> &Host<R> {
         &self.inner.host
+    }
+
+    /// A stream of what happens on the node's network from now on:
+    /// connections, relay reservations, hole punches, reachability. Each
+    /// call is a new subscriber; dropping it unsubscribes. Ends when the
+    /// node shuts down.
+    pub fn events(&self) -> mpsc::UnboundedReceiver<NodeEvent> {
+        net_state(&self.inner.net).subscribe()
+    }
+
+    /// The node's open connections, oldest first.
+    pub fn connections(&self) -> Vec<PeerConnection> {
+        net_state(&self.inner.net).connections()
+    }
+
+    /// The node's open connections to `peer`, oldest first.
+    pub fn connections_to(&self, peer: &PeerId) -> Vec<PeerConnection> {
+        let mut all = self.connections();
+        all.retain(|c| &c.peer == peer);
+        all
+    }
+
+    /// Addresses others reported seeing this node at (identify), not yet
+    /// confirmed.
+    pub fn address_candidates(&self) -> Vec<Multiaddr> {
+        net_state(&self.inner.net).candidates()
+    }
+
+    /// This node's confirmed external addresses.
+    pub fn external_addrs(&self) -> Vec<Multiaddr> {
+        net_state(&self.inner.net).external_addrs()
+    }
+
+    /// Whether AutoNAT found this node reachable from outside.
+    pub fn nat_status(&self) -> NatStatus {
+        net_state(&self.inner.net).nat_status()
+    }
+
+    /// Starts listening on `addr` (any multiaddr the transports take, a
+    /// relay's `/p2p-circuit` address included). The address itself is
+    /// reported later, in [`Node::listen_addrs`] (and, for a relay,
+    /// [`NodeEvent::RelayReservation`]).
+    pub async fn listen_on(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        let refused = |reason: String| NodeError::Listen {
+            addr: addr.clone(),
+            reason,
+        };
+        self.command(SwarmCommand::ListenOn(addr.clone(), tx))
+            .map_err(|_| refused(NodeShutDown.to_string()))?;
+        match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(reason)) => Err(refused(reason)),
+            Err(_) => Err(refused(NodeShutDown.to_string())),
+        }
+    }
+
+    /// Adds `addr` as a confirmed external address of this node (what a
+    /// relay needs before it accepts reservations).
+    pub fn add_external_address(&self, addr: Multiaddr) -> Result<(), NodeShutDown> {
+        self.command(SwarmCommand::AddExternal(addr))
+    }
+
+    /// Closes one connection (e.g. a relayed one once a direct one is up).
+    /// Streams on it end with an error.
+    pub fn close_connection(&self, connection: ConnectionId) -> Result<(), NodeShutDown> {
+        self.command(SwarmCommand::CloseConnection(connection))
+    }
+
+    /// Runs `f` on the node's swarm, in the swarm task, and returns its
+    /// result: how an application reaches a part of the behaviour
+    /// (`swarm.behaviour_mut().kad`, …) that the node has no method for.
+    /// `B` is the swarm's behaviour type ([`crate::net::NetBehaviour`] for
+    /// nodes made by `Node::new`); another type is an error.
+    pub async fn with_swarm<B, T>(
+        &self,
+        f: impl FnOnce(&mut Swarm<B>) -> T + Send + 'static,
+    ) -> Result<T, WithSwarmError>
+    where
+        B: NodeBehaviour + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let run = move |swarm: &mut dyn Any| {
+            let result = swarm
+                .downcast_mut::<Swarm<B>>()
+                .map(f)
+                .ok_or(WithSwarmError::WrongBehaviour);
+            let _ = tx.send(result);
+        };
+        self.command(SwarmCommand::WithSwarm(Box::new(run)))
+            .map_err(|_| WithSwarmError::ShutDown)?;
+        rx.await.map_err(|_| WithSwarmError::ShutDown)?
+    }
+
+    fn command(&self, command: SwarmCommand) -> Result<(), NodeShutDown> {
+        if self.is_shut_down() {
+            return Err(NodeShutDown);
+        }
+        self.inner
+            .commands
+            .unbounded_send(command)
+            .map_err(|_| NodeShutDown)
     }
 
     /// Stops the swarm task: connections close, pending opens and dials
@@ -415,30 +726,93 @@ impl<R: Runtime> Node<R> {
     }
 }
 
+/// What woke the swarm task.
+enum Step<E> {
+    Stop,
+    Command(SwarmCommand),
+    Event(SwarmEvent<E>),
+}
+
 /// The swarm task: polls the swarm until stopped, keeping the listen
-/// addresses current.
-async fn drive(
-    mut swarm: Swarm<Behaviour>,
+/// addresses and the network state current, and runs commands.
+async fn drive<B: NodeBehaviour + 'static>(
+    mut swarm: Swarm<B>,
     mut stop: oneshot::Receiver<()>,
+    mut commands: mpsc::UnboundedReceiver<SwarmCommand>,
     listen: Arc<Mutex<ListenState>>,
+    net: Arc<Mutex<NetState>>,
 ) {
     let peer = *swarm.local_peer_id();
     tracing::debug!(%peer, "swarm task started");
+    let mut commands_open = true;
     loop {
-        let event = match future::select(&mut stop, swarm.select_next_some()).await {
+        let step = future::poll_fn(|cx| {
             // Shutdown requested, or every Node handle dropped.
-            Either::Left(_) => break,
-            Either::Right((event, _)) => event,
-        };
-        on_event(&listen, event);
+            if Pin::new(&mut stop).poll(cx).is_ready() {
+                return Poll::Ready(Step::Stop);
+            }
+            if commands_open {
+                match commands.poll_next_unpin(cx) {
+                    Poll::Ready(Some(command)) => return Poll::Ready(Step::Command(command)),
+                    Poll::Ready(None) => commands_open = false,
+                    Poll::Pending => {}
+                }
+            }
+            match swarm.poll_next_unpin(cx) {
+                Poll::Ready(Some(event)) => Poll::Ready(Step::Event(event)),
+                // A swarm's stream never ends.
+                Poll::Ready(None) => Poll::Ready(Step::Stop),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match step {
+            Step::Stop => break,
+            Step::Command(command) => run_command(&mut swarm, command, &net),
+            Step::Event(SwarmEvent::Behaviour(event)) => {
+                let mut events = Vec::new();
+                B::on_behaviour_event(&mut swarm, event, &mut |e| events.push(e));
+                let mut state = net_state(&net);
+                for event in events {
+                    state.emit(event);
+                }
+            }
+            Step::Event(event) => {
+                net_state(&net).on_swarm_event(&event, peer);
+                on_event(&listen, event);
+            }
+        }
     }
     tracing::debug!(%peer, "swarm task stopped");
     // Dropping the swarm closes its connections and shuts the behaviour's
-    // Controls down.
+    // Controls down; dropping the subscribers ends their event streams.
     drop(swarm);
+    drop(std::mem::take(&mut *net_state(&net)));
 }
 
-fn on_event(listen: &Mutex<ListenState>, event: SwarmEvent<std::convert::Infallible>) {
+fn run_command<B: NodeBehaviour + 'static>(
+    swarm: &mut Swarm<B>,
+    command: SwarmCommand,
+    net: &Mutex<NetState>,
+) {
+    match command {
+        SwarmCommand::ListenOn(addr, reply) => {
+            let _ = reply.send(swarm.listen_on(addr).map_err(|e| error_chain(&e)));
+        }
+        SwarmCommand::AddExternal(addr) => {
+            tracing::debug!(%addr, "external address added");
+            swarm.add_external_address(addr.clone());
+            // The swarm reports confirmations to its behaviours only.
+            net_state(net).emit(NodeEvent::ExternalAddrConfirmed { addr });
+        }
+        SwarmCommand::CloseConnection(connection) => {
+            swarm.close_connection(connection);
+        }
+        SwarmCommand::WithSwarm(f) => f(swarm),
+    }
+}
+
+fn on_event<E>(listen: &Mutex<ListenState>, event: SwarmEvent<E>) {
     match event {
         SwarmEvent::NewListenAddr {
             listener_id,
@@ -463,8 +837,9 @@ fn on_event(listen: &Mutex<ListenState>, event: SwarmEvent<std::convert::Infalli
             let mut state = lock(listen);
             state.addrs.retain(|a| !addresses.contains(a));
             if let Err(e) = reason {
-                tracing::warn!(error = %e, "listener closed");
-                state.failures.push(e.to_string());
+                let reason = error_chain(&e);
+                tracing::warn!(error = %reason, "listener closed");
+                state.failures.push(reason);
             }
             state.settled(listener_id);
         }
@@ -485,7 +860,6 @@ fn on_event(listen: &Mutex<ListenState>, event: SwarmEvent<std::convert::Infalli
         SwarmEvent::IncomingConnectionError { error, .. } => {
             tracing::debug!(%error, "incoming connection failed");
         }
-        SwarmEvent::Behaviour(never) => match never {},
         _ => {}
     }
 }

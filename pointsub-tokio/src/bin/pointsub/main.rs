@@ -10,6 +10,12 @@
 //!   its body from the argument, a file or stdin (`--file -`); the reply on
 //!   stdout or, byte for byte, in a file (`--out PATH`). Its exit status
 //!   says how the request ended ([`Failure`], listed in `send --help`).
+//! - `pointsub relay`: a relay (circuit relay v2 server), AutoNAT v2 server
+//!   and Kademlia server for nodes behind NATs; prints its addresses.
+//!   `serve --relay ADDR` reserves a slot on it and prints the server's
+//!   `/p2p-circuit` address; `send` to such an address goes through the
+//!   relay, waits (`--upgrade-wait`) for DCUtR's hole punch, and says on
+//!   stderr which path carried the request.
 //! - `pointsub bench`: pointsub beside libp2p request-response and raw TCP,
 //!   in one process; a table, its CSV and an SVG chart (see [`mod@bench`]).
 //!
@@ -34,6 +40,7 @@ use pointsub_tokio::{
     ServerConfig, ServerMetrics,
 };
 
+mod reach;
 mod soak;
 
 /// The protocol `serve` and `send` use unless told otherwise.
@@ -60,10 +67,18 @@ enum Command {
     /// latencies and metrics. Exits non-zero if any request failed.
     Demo(DemoArgs),
     /// Serves an echo handler until interrupted. Prints each listen
-    /// address, with its `/p2p/<peer id>` suffix, as `listening on <addr>`.
+    /// address, with its `/p2p/<peer id>` suffix, as `listening on <addr>`
+    /// (with --relay, its `/p2p-circuit` address through each relay too).
     /// --delay-ms slows every answer; --key-seed keeps the peer id across
     /// restarts; --fail-protocol adds a protocol whose handler always fails.
     Serve(ServeArgs),
+    /// Runs a relay for nodes behind NATs until interrupted: a circuit
+    /// relay v2 server, an AutoNAT v2 server and a Kademlia server. Prints
+    /// each address to give to `serve --relay` and `--bootstrap` as
+    /// `listening on <addr>/p2p/<peer id>`, then `relaying`. It accepts
+    /// reservations once it has an external address: --external, or else
+    /// its own listen addresses (non-loopback ones if it has any).
+    Relay(reach::RelayArgs),
     /// Sends one request to a peer and prints the reply on stdout (or writes
     /// it to --out). The body is TEXT, or the contents of --file (`-` reads
     /// stdin). The exit status says how the request ended (listed below).
@@ -103,10 +118,22 @@ struct ServeArgs {
     /// The protocol to serve.
     #[arg(long, value_name = "P", default_value = DEFAULT_PROTOCOL)]
     protocol: String,
-    /// An address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001 or
-    /// /ip4/127.0.0.1/udp/0/quic-v1. Default: /ip4/127.0.0.1/tcp/0.
+    /// An address to listen on (repeatable), any multiaddr: e.g.
+    /// /ip4/0.0.0.0/tcp/4001 or /ip4/127.0.0.1/udp/0/quic-v1. Default:
+    /// /ip4/127.0.0.1/tcp/0. Behind a NAT, listen on a non-loopback
+    /// address (e.g. /ip4/0.0.0.0/tcp/4001) so that hole punching can work.
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
+    /// A relay to listen through (repeatable): its address ending with
+    /// `/p2p/<relay id>`, as `pointsub relay` prints it. The server
+    /// reserves a slot and prints its address through it, ending
+    /// `/p2p-circuit/p2p/<peer id>`; fails if the relay refuses.
+    #[arg(long = "relay", value_name = "MULTIADDR")]
+    relay: Vec<Multiaddr>,
+    /// A Kademlia bootstrap peer (repeatable), ending with `/p2p/<peer id>`;
+    /// turns Kademlia on (protocol /pointsub/kad/1.0.0, client mode).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
     /// Milliseconds the echo handler waits before answering each request
     /// (to simulate a slow handler, or to kill the server mid-request).
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -152,6 +179,31 @@ struct SendArgs {
     /// Overall time allowed for the request, retries included, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     timeout: u64,
+    /// An address to listen on (repeatable), any multiaddr. Default: none
+    /// (dial only), or, to a `/p2p-circuit` address, /ip4/0.0.0.0/tcp/0 and
+    /// /ip4/0.0.0.0/udp/0/quic-v1: hole punching needs a listener on a
+    /// non-loopback address of the family it punches with.
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// To a `/p2p-circuit` address: how long to wait, in seconds, for the
+    /// hole punch (DCUtR) to give a direct connection before sending; the
+    /// request then goes on whatever path there is. Stderr says which path
+    /// carried it (`path: direct …` or `path: relayed …`).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    upgrade_wait: f64,
+    /// Sends the request this many times, one after another, each reply on
+    /// its own line; stderr says each one's path. A direct connection
+    /// that appears meanwhile takes the next requests.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    count: u32,
+    /// Milliseconds between two requests of --count.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    interval_ms: u64,
+    /// A Kademlia bootstrap peer (repeatable), ending with `/p2p/<peer id>`;
+    /// turns Kademlia on (client mode).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
 }
 
 /// Parses the command line, with `send --help` listing the exit statuses
@@ -175,6 +227,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo(args).await,
         Command::Serve(args) => serve(args).await,
+        Command::Relay(args) => reach::relay(args).await,
         Command::Send(args) => send(args).await,
         Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Soak(args) => soak::run(args).await,
@@ -357,11 +410,18 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     } else {
         args.listen
     };
-    let mut config = NodeConfig::default().with_listen_addrs(listen);
+    let mut config = NodeConfig::default()
+        .with_listen_addrs(listen)
+        .with_relays(args.relay.iter().cloned());
+    if !args.bootstrap.is_empty() {
+        config = config.with_bootstrap(args.bootstrap);
+    }
     if let Some(seed) = args.key_seed {
         config = config.with_keypair(seeded_keypair(seed)?);
     }
     let node = Node::new(config).await?;
+    reach::check_reservations(&node, &args.relay)?;
+    reach::log_events(&node);
     let server = Server::new(&node, ServerConfig::default())?;
     let delay = Duration::from_millis(args.delay_ms);
     server.start(&args.protocol, move |peer, body: Bytes| async move {
@@ -425,24 +485,88 @@ async fn send(args: SendArgs) -> Result<ExitCode, BoxError> {
         // clap requires exactly one of them.
         _ => return Err("give the body either as TEXT or with --file, not both".into()),
     };
-    let node = Node::new(NodeConfig::default().with_listen_addrs([])).await?;
+    let relay = reach::relay_of(&addr);
+    let listen = if !args.listen.is_empty() {
+        args.listen
+    } else if relay.is_some() {
+        vec![
+            "/ip4/0.0.0.0/tcp/0".parse()?,
+            "/ip4/0.0.0.0/udp/0/quic-v1".parse()?,
+        ]
+    } else {
+        Vec::new()
+    };
+    let mut config = NodeConfig::default().with_listen_addrs(listen);
+    if !args.bootstrap.is_empty() {
+        config = config.with_bootstrap(args.bootstrap);
+    }
+    let node = Node::new(config).await?;
+    let mut paths = reach::Paths::new(&node, peer);
     node.add_address(peer, addr);
     let client = Client::new(&node, ClientConfig::default())?;
-    let result = client
-        .send_with_timeout(
-            peer,
-            &args.protocol,
-            body,
-            Duration::from_secs(args.timeout),
-        )
-        .await;
+    let timeout = Duration::from_secs(args.timeout);
+    if let Some(relay) = &relay {
+        let upgrade_wait = Duration::try_from_secs_f64(args.upgrade_wait)
+            .map_err(|e| format!("--upgrade-wait {}: {e}", args.upgrade_wait))?;
+        if let Err(e) = paths
+            .through_relay(relay.clone(), upgrade_wait, timeout)
+            .await
+        {
+            client.close();
+            node.shutdown();
+            eprintln!(
+                "error: {e} (exit status {}: {})",
+                Failure::CannotConnect.code(),
+                Failure::CannotConnect.describe()
+            );
+            return Ok(ExitCode::from(Failure::CannotConnect.code()));
+        }
+    }
+    let mut outcome = Ok(());
+    for i in 0..args.count {
+        if i > 0 && args.interval_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+        }
+        let path = if relay.is_some() {
+            paths.prefer_direct().await;
+            Some(paths.next_path())
+        } else {
+            None
+        };
+        let result = client
+            .send_with_timeout(peer, &args.protocol, body.clone(), timeout)
+            .await;
+        if let Some(path) = path {
+            if args.count > 1 {
+                eprintln!("request {}: path: {path}", i + 1);
+            } else {
+                eprintln!("path: {path}");
+            }
+        }
+        match result {
+            Ok(reply) => write_reply(&reply, args.out.as_deref())?,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    if let Some(punch) = paths.punch_time() {
+        eprintln!(
+            "hole punch: direct connection {} ms after the relayed one",
+            punch.as_millis()
+        );
+    }
+    if let Some(upgrade) = paths.upgrade_time() {
+        eprintln!(
+            "upgrade: first relayed request to first direct request: {} ms",
+            upgrade.as_millis()
+        );
+    }
     client.close();
     node.shutdown();
-    match result {
-        Ok(reply) => {
-            write_reply(&reply, args.out.as_deref())?;
-            Ok(ExitCode::SUCCESS)
-        }
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             let failure = Failure::of(&e);
             eprintln!(

@@ -1,0 +1,69 @@
+//! The node's Kademlia: libp2p's own `kad::Behaviour` over an in-memory
+//! store, under pointsub's protocol name ([`KAD_PROTOCOL`]) so that a
+//! pointsub network never mixes with the IPFS DHT.
+//!
+//! A node that says it is public ([`NodeConfig::public`]) answers DHT
+//! requests (server mode); every other node stays a client, also after a
+//! relayed or observed address of its own is confirmed: a NATed node
+//! cannot be dialled directly, and a DHT server others cannot reach only
+//! slows their queries down. The mode is fixed here (`set_mode(Some(..))`),
+//! so Kademlia's own switch on confirmed external addresses never applies.
+
+use libp2p::kad::store::MemoryStore;
+use libp2p::kad::{self, Mode};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+
+use crate::node::NodeConfig;
+
+/// Kademlia's protocol name on pointsub nodes: `/pointsub/kad/1.0.0`.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/pointsub/kad/1.0.0");
+
+/// The node's Kademlia behaviour, disabled (`Toggle` off) unless the
+/// config enables it ([`NodeConfig::kad`]).
+pub type Kademlia = Toggle<kad::Behaviour<MemoryStore>>;
+
+/// Builds the node's Kademlia for `config`: off unless
+/// [`NodeConfig::kad`]; server mode if [`NodeConfig::public`], client mode
+/// otherwise; the bootstrap peers ([`NodeConfig::bootstrap`], each ending
+/// with `/p2p/<peer id>`) in its routing table. Bootstrap addresses without
+/// a peer id are skipped with a warning (Kademlia keys peers by id).
+pub fn kademlia(local_peer_id: PeerId, config: &NodeConfig) -> Kademlia {
+    if !config.kad {
+        return Toggle::from(None);
+    }
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config.set_query_timeout(config.connect_timeout.saturating_mul(6));
+    if config.bootstrap.is_empty() {
+        // Nothing to bootstrap from yet: no periodic attempt (and its
+        // warning); Kademlia still bootstraps when its first peer arrives.
+        kad_config.set_periodic_bootstrap_interval(None);
+    }
+    let mut kad =
+        kad::Behaviour::with_config(local_peer_id, MemoryStore::new(local_peer_id), kad_config);
+    kad.set_mode(Some(if config.public {
+        Mode::Server
+    } else {
+        Mode::Client
+    }));
+    for addr in &config.bootstrap {
+        match split_peer(addr) {
+            Some((peer, transport)) if peer != local_peer_id => {
+                kad.add_address(&peer, transport);
+            }
+            Some(_) => {}
+            None => tracing::warn!(%addr, "bootstrap address without /p2p/<peer id>: skipped"),
+        }
+    }
+    Toggle::from(Some(kad))
+}
+
+/// `addr` split into its trailing `/p2p/<peer id>` and the rest; `None`
+/// without one.
+pub fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut transport = addr.clone();
+    match transport.pop() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => Some((peer, transport)),
+        _ => None,
+    }
+}
