@@ -40,6 +40,7 @@ use pointsub_tokio::{
     ServerConfig, ServerMetrics,
 };
 
+mod discover;
 mod reach;
 mod soak;
 
@@ -83,6 +84,13 @@ enum Command {
     /// it to --out). The body is TEXT, or the contents of --file (`-` reads
     /// stdin). The exit status says how the request ended (listed below).
     Send(SendArgs),
+    /// Finds the servers of a protocol. With --bootstrap, through Kademlia
+    /// provider records (servers started with `serve --bootstrap` announce
+    /// themselves): prints `provider <peer id>` for each, and with --send
+    /// sends to the XOR-closest and prints `answered by <peer id>` and the
+    /// reply. With --watch, through identify: prints `node + <peer id>` /
+    /// `node - <peer id>` as connected peers start and stop serving it.
+    Discover(discover::DiscoverArgs),
     /// Measures pointsub beside libp2p request-response and raw TCP echo,
     /// in this process over loopback: prints a table (QPS, MB/s, latency,
     /// failures, peak RSS) and writes it as CSV and an SVG chart. Run it
@@ -131,7 +139,10 @@ struct ServeArgs {
     #[arg(long = "relay", value_name = "MULTIADDR")]
     relay: Vec<Multiaddr>,
     /// A Kademlia bootstrap peer (repeatable), ending with `/p2p/<peer id>`;
-    /// turns Kademlia on (protocol /pointsub/kad/1.0.0, client mode).
+    /// turns Kademlia on (protocol /pointsub/kad/1.0.0, client mode). The
+    /// served protocol is announced as a provider record (`pointsub
+    /// discover` finds it), with the relayed address under --relay, else
+    /// with the listen addresses.
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     bootstrap: Vec<Multiaddr>,
     /// Milliseconds the echo handler waits before answering each request
@@ -229,6 +240,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Relay(args) => reach::relay(args).await,
         Command::Send(args) => send(args).await,
+        Command::Discover(args) => discover::discover(args).await,
         Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Soak(args) => soak::run(args).await,
     };
@@ -413,6 +425,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     let mut config = NodeConfig::default()
         .with_listen_addrs(listen)
         .with_relays(args.relay.iter().cloned());
+    let announce = !args.bootstrap.is_empty() && args.relay.is_empty();
     if !args.bootstrap.is_empty() {
         config = config.with_bootstrap(args.bootstrap);
     }
@@ -422,6 +435,12 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     let node = Node::new(config).await?;
     reach::check_reservations(&node, &args.relay)?;
     reach::log_events(&node);
+    if announce {
+        // Kademlia provider records carry the node's external addresses
+        // (without one, a record is useless to others): without a relay,
+        // the listen addresses are the best there is.
+        discover::announce_listen_addrs(&node);
+    }
     let server = Server::new(&node, ServerConfig::default())?;
     let delay = Duration::from_millis(args.delay_ms);
     server.start(&args.protocol, move |peer, body: Bytes| async move {
