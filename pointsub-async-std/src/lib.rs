@@ -86,10 +86,11 @@ pub mod transport;
 pub use pointsub_tokio::{
     AlreadyRegistered, Behaviour, ClientConfig, ClientMetrics, Closed, ClosestOptions, ConfigError,
     ConnError, Connect, ConnectionInfo, Control, DEFAULT_CONN_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_CONNECTION_TIMEOUT, DialError, HandlerError, IncomingStreams, Multiaddr,
-    NOT_POLLED_TIMEOUT, NodeConfig, NodeError, NodeRuntime, OpenStream, OpenStreamError, PeerId,
-    RequestError, Response, Runtime, RuntimeExecutor, ServerConfig, ServerMetrics, StartError,
-    Stream, StreamLimits, StreamProtocol, libp2p, proto,
+    DEFAULT_IDLE_CONNECTION_TIMEOUT, DialError, HandlerError, HolePunchOutcome, IncomingStreams,
+    Multiaddr, NOT_POLLED_TIMEOUT, NatStatus, NodeConfig, NodeError, NodeEvent, NodeRuntime,
+    NodeShutDown, OpenStream, OpenStreamError, PeerConnection, PeerId, RelayLimits, RequestError,
+    Response, Runtime, RuntimeExecutor, ServerConfig, ServerMetrics, StartError, Stream,
+    StreamLimits, StreamProtocol, WithSwarmError, libp2p, net, proto,
 };
 pub use rt::AsyncStdRuntime;
 pub use transport::{BuildError, TcpTransport, build_swarm, build_transport};

@@ -9,6 +9,14 @@
 //!   side), and after the process that built it is SIGKILLed.
 //! - It has no way out of the machine, and says why when it cannot be
 //!   built; `POINTSUB_SKIP_NETNS=1` skips it, loudly.
+//! - Through a relay on the public segment (`pointsub relay`), a NATed
+//!   client reaches a NATed server's echo (`serve --relay`, `send` to its
+//!   `/p2p-circuit` address).
+//! - DCUtR upgrades that path to a direct connection through both NATs,
+//!   over TCP and over QUIC: requests sent one after another keep
+//!   succeeding while the path changes from relayed to direct, and the
+//!   time from the first relayed request to the first direct one is
+//!   printed.
 //!
 //! Needs root (CI runs as root); see `netbed`'s documentation.
 #![cfg(feature = "cli")]
@@ -16,6 +24,7 @@
 mod netbed;
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -567,4 +576,228 @@ fn without_privileges_the_bed_says_why() {
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("cannot create Linux namespaces"), "{all}");
     assert!(all.contains(SKIP_VAR), "{all}");
+}
+
+/// Starts `pointsub relay` in the relay host, on TCP and QUIC port 4001,
+/// and returns it with its addresses: (TCP, QUIC), each `…/p2p/<id>`.
+fn start_relay(bed: &NetBed) -> (BedProcess, String, String) {
+    let ip = Host::Relay.addr();
+    let relay = bed
+        .spawn(
+            Host::Relay,
+            BIN,
+            [
+                "relay",
+                "--listen",
+                &format!("/ip4/{ip}/tcp/4001"),
+                "--listen",
+                &format!("/ip4/{ip}/udp/4001/quic-v1"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("start pointsub relay: {e}"));
+    let mut addrs = Vec::new();
+    let deadline = Instant::now() + START;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = relay
+            .wait_line(left, |_| true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            addrs.push(addr.to_owned());
+        } else if line == "relaying" {
+            break;
+        }
+    }
+    let tcp = addr_with(&addrs, &format!("/ip4/{ip}/tcp/4001/p2p/"));
+    let quic = addr_with(&addrs, &format!("/ip4/{ip}/udp/4001/quic-v1/p2p/"));
+    (relay, tcp, quic)
+}
+
+/// The server's `/p2p-circuit` address through the relay at `relay`
+/// among its printed addresses (the relay client also lists the circuit
+/// addresses through the relay's other addresses).
+fn circuit_addr(addrs: &[String], relay: &str) -> String {
+    addrs
+        .iter()
+        .find(|a| a.starts_with(&format!("{relay}/p2p-circuit/p2p/")))
+        .unwrap_or_else(|| panic!("no /p2p-circuit address through {relay} in {addrs:?}"))
+        .clone()
+}
+
+/// Writes a line to stderr past the test harness's capture, for figures
+/// the run should show even when the test passes.
+fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+#[test]
+fn nat_client_reaches_nat_server_through_the_relay() {
+    let Some(bed) = NetBed::new_or_skip("nat_client_reaches_nat_server_through_the_relay") else {
+        return;
+    };
+    let (_relay, relay_tcp, _) = start_relay(&bed);
+    let (_server, addrs) = serve(
+        &bed,
+        Host::HostB,
+        &["--listen", "/ip4/0.0.0.0/tcp/4001", "--relay", &relay_tcp],
+    );
+    let circuit = circuit_addr(&addrs, &relay_tcp);
+    // The client listens on loopback only: no address a hole punch could
+    // use, so the request must take the relay.
+    let out = bed
+        .run(
+            Host::HostA,
+            BIN,
+            [
+                "send",
+                &circuit,
+                "through the relay",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--upgrade-wait",
+                "0",
+                "--timeout",
+                "30",
+            ],
+            COMMAND,
+        )
+        .expect("run send");
+    assert!(
+        out.status.success(),
+        "send through the relay: {:?}: {}",
+        out.status,
+        out.stderr
+    );
+    assert_eq!(out.stdout.trim_end(), "through the relay");
+    let path = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("path: "))
+        .unwrap_or_else(|| panic!("send did not say its path: {}", out.stderr));
+    assert!(
+        path.starts_with("relayed ") && path.contains("/p2p-circuit"),
+        "path {path}"
+    );
+    // Neither NATed host ever had a connection to the other's router.
+    for (host, other) in [(Host::HostA, Host::NatB), (Host::HostB, Host::NatA)] {
+        assert!(
+            tcp_connections(&bed, host)
+                .iter()
+                .all(|(_, peer)| *peer.ip() != other.addr()),
+            "{host} is connected to {other} directly"
+        );
+    }
+}
+
+/// Runs the relay → direct upgrade over `transport` ("tcp" or "quic"):
+/// requests one after another from host-a to host-b's circuit address,
+/// each answered, the first through the relay, the later ones directly.
+fn upgrade_to_direct(test: &str, transport: &str) {
+    let Some(bed) = NetBed::new_or_skip(test) else {
+        return;
+    };
+    let (_relay, relay_tcp, relay_quic) = start_relay(&bed);
+    let (listen, relay_addr) = match transport {
+        "tcp" => ("/ip4/0.0.0.0/tcp/4001", relay_tcp),
+        _ => ("/ip4/0.0.0.0/udp/4001/quic-v1", relay_quic),
+    };
+    let (_server, addrs) = serve(
+        &bed,
+        Host::HostB,
+        &["--listen", listen, "--relay", &relay_addr],
+    );
+    let circuit = circuit_addr(&addrs, &relay_addr);
+    const REQUESTS: usize = 40;
+    let count = REQUESTS.to_string();
+    let out = bed
+        .run(
+            Host::HostA,
+            BIN,
+            [
+                "send",
+                &circuit,
+                "across the upgrade",
+                "--listen",
+                listen,
+                "--upgrade-wait",
+                "0",
+                "--count",
+                &count,
+                "--interval-ms",
+                "100",
+                "--timeout",
+                "30",
+            ],
+            COMMAND,
+        )
+        .expect("run send");
+    assert!(
+        out.status.success(),
+        "send over {transport}: {:?}: {}",
+        out.status,
+        out.stderr
+    );
+    let replies: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        replies,
+        vec!["across the upgrade"; REQUESTS],
+        "{}",
+        out.stderr
+    );
+    let paths: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.split_once(": path: ").map(|(_, path)| path))
+        .collect();
+    assert_eq!(
+        paths.len(),
+        REQUESTS,
+        "one path per request: {}",
+        out.stderr
+    );
+    assert!(
+        paths[0].starts_with("relayed ") && paths[0].contains("/p2p-circuit"),
+        "the first request must go through the relay: {}",
+        out.stderr
+    );
+    let first_direct = paths
+        .iter()
+        .position(|p| p.starts_with("direct "))
+        .unwrap_or_else(|| panic!("no request went direct over {transport}: {}", out.stderr));
+    // Once direct, always direct; and direct means to host-b's router,
+    // not through the relay.
+    for path in &paths[first_direct..] {
+        assert!(path.starts_with("direct "), "{}", out.stderr);
+        assert!(
+            path.contains(&format!("/ip4/{}/", Host::NatB.addr())) && !path.contains("p2p-circuit"),
+            "direct path {path} is not to nat-b's address"
+        );
+    }
+    let line = |prefix: &str| {
+        out.stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("send did not say {prefix:?}: {}", out.stderr))
+            .to_owned()
+    };
+    let upgrade = line("upgrade: ");
+    let punch = line("hole punch: ");
+    report(&format!(
+        "{test}: relay -> direct over {transport}: requests 1..={first_direct} relayed, \
+         {} direct (one every 100 ms); {upgrade}; hole punch: {punch}",
+        REQUESTS - first_direct
+    ));
+}
+
+#[test]
+fn dcutr_upgrades_the_relayed_path_to_direct_over_tcp() {
+    upgrade_to_direct("dcutr_upgrades_the_relayed_path_to_direct_over_tcp", "tcp");
+}
+
+#[test]
+fn dcutr_upgrades_the_relayed_path_to_direct_over_quic() {
+    upgrade_to_direct(
+        "dcutr_upgrades_the_relayed_path_to_direct_over_quic",
+        "quic",
+    );
 }

@@ -415,8 +415,11 @@ enum SwarmCommand {
     /// `Swarm::close_connection`.
     CloseConnection(ConnectionId),
     /// A closure run on the swarm (downcast from `dyn Any`).
-    WithSwarm(Box<dyn FnOnce(&mut dyn Any) + Send>),
+    WithSwarm(SwarmFn),
 }
+
+/// A closure for [`SwarmCommand::WithSwarm`]: it gets the swarm as `Any`.
+type SwarmFn = Box<dyn FnOnce(&mut dyn Any) + Send>;
 
 /// The node's swarm task is gone (the node was shut down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -730,7 +733,8 @@ impl<R: Runtime> Node<R> {
 enum Step<E> {
     Stop,
     Command(SwarmCommand),
-    Event(SwarmEvent<E>),
+    /// Boxed: a swarm event is large, and this is built on every wake-up.
+    Event(Box<SwarmEvent<E>>),
 }
 
 /// The swarm task: polls the swarm until stopped, keeping the listen
@@ -759,7 +763,7 @@ async fn drive<B: NodeBehaviour + 'static>(
                 }
             }
             match swarm.poll_next_unpin(cx) {
-                Poll::Ready(Some(event)) => Poll::Ready(Step::Event(event)),
+                Poll::Ready(Some(event)) => Poll::Ready(Step::Event(Box::new(event))),
                 // A swarm's stream never ends.
                 Poll::Ready(None) => Poll::Ready(Step::Stop),
                 Poll::Pending => Poll::Pending,
@@ -769,18 +773,20 @@ async fn drive<B: NodeBehaviour + 'static>(
         match step {
             Step::Stop => break,
             Step::Command(command) => run_command(&mut swarm, command, &net),
-            Step::Event(SwarmEvent::Behaviour(event)) => {
-                let mut events = Vec::new();
-                B::on_behaviour_event(&mut swarm, event, &mut |e| events.push(e));
-                let mut state = net_state(&net);
-                for event in events {
-                    state.emit(event);
+            Step::Event(event) => match *event {
+                SwarmEvent::Behaviour(event) => {
+                    let mut events = Vec::new();
+                    B::on_behaviour_event(&mut swarm, event, &mut |e| events.push(e));
+                    let mut state = net_state(&net);
+                    for event in events {
+                        state.emit(event);
+                    }
                 }
-            }
-            Step::Event(event) => {
-                net_state(&net).on_swarm_event(&event, peer);
-                on_event(&listen, event);
-            }
+                event => {
+                    net_state(&net).on_swarm_event(&event, peer);
+                    on_event(&listen, event);
+                }
+            },
         }
     }
     tracing::debug!(%peer, "swarm task stopped");

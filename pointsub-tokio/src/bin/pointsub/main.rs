@@ -433,7 +433,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
         config = config.with_keypair(seeded_keypair(seed)?);
     }
     let node = Node::new(config).await?;
-    reach::check_reservations(&node, &args.relay)?;
+    reach::check_reservations(&node, &args.relay).await?;
     reach::log_events(&node);
     if announce {
         // Kademlia provider records carry the node's external addresses
@@ -572,7 +572,7 @@ async fn send(args: SendArgs) -> Result<ExitCode, BoxError> {
     }
     if let Some(punch) = paths.punch_time() {
         eprintln!(
-            "hole punch: direct connection {} ms after the relayed one",
+            "hole punch: direct connection up {} ms after the relayed one",
             punch.as_millis()
         );
     }

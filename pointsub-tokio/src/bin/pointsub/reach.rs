@@ -111,9 +111,29 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
-/// After `serve --relay`: fails, saying why, unless the node has a
-/// `/p2p-circuit` address through each relay.
-pub fn check_reservations(node: &Node, relays: &[Multiaddr]) -> Result<(), BoxError> {
+/// After `serve --relay`: waits (briefly) until the node lists its
+/// `/p2p-circuit` address through each relay address given (the relay
+/// client reports the circuit addresses through a relay's addresses one by
+/// one), and fails, saying why, unless it has one through each relay.
+pub async fn check_reservations(node: &Node, relays: &[Multiaddr]) -> Result<(), BoxError> {
+    let through = |relay: &Multiaddr| {
+        let mut prefix = relay.clone();
+        if prefix.iter().last() == Some(Protocol::P2pCircuit) {
+            prefix.pop();
+        }
+        prefix.with(Protocol::P2pCircuit)
+    };
+    let deadline = Instant::now() + RESERVATION_WAIT;
+    while Instant::now() < deadline
+        && !relays.iter().all(|relay| {
+            let prefix = through(relay).to_string();
+            node.listen_addrs()
+                .iter()
+                .any(|a| a.to_string().starts_with(&prefix))
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let circuits: Vec<Multiaddr> = node
         .listen_addrs()
         .into_iter()
@@ -141,6 +161,9 @@ pub fn check_reservations(node: &Node, relays: &[Multiaddr]) -> Result<(), BoxEr
     }
     Ok(())
 }
+
+/// How long `serve --relay` waits for its circuit addresses.
+const RESERVATION_WAIT: Duration = Duration::from_secs(10);
 
 /// The last `/p2p/<peer id>` of `addr`.
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
@@ -196,8 +219,8 @@ pub struct Paths {
     peer: PeerId,
     events: UnboundedReceiver<NodeEvent>,
     punched: Option<HolePunchOutcome>,
-    /// When the connection through the relay was up, and when the hole
-    /// punch gave a direct one.
+    /// When the connection through the relay was up, and when the first
+    /// direct one was.
     relayed_at: Option<Instant>,
     punched_at: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
     first_relayed: Option<Instant>,
@@ -228,18 +251,19 @@ impl std::fmt::Display for Path {
 impl Paths {
     /// Starts following `node`'s connections to `peer`.
     pub fn new(node: &Node, peer: PeerId) -> Self {
-        // Timestamps the hole punch as it happens (the main loop looks at
-        // events only between requests).
+        // Timestamps the first direct connection to the peer as it comes
+        // up (the main loop looks at events only between requests).
         let punched_at = std::sync::Arc::new(std::sync::Mutex::new(None));
         let mut events = node.events();
         let stamp = punched_at.clone();
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
-                if let NodeEvent::HolePunch {
-                    peer: punched,
-                    outcome: HolePunchOutcome::Direct { .. },
+                if let NodeEvent::ConnectionEstablished {
+                    peer: remote,
+                    relayed: false,
+                    ..
                 } = event
-                    && punched == peer
+                    && remote == peer
                 {
                     let mut at = stamp.lock().unwrap_or_else(|e| e.into_inner());
                     at.get_or_insert_with(Instant::now);
@@ -389,8 +413,8 @@ impl Paths {
         path
     }
 
-    /// The time from the connection through the relay to the direct one
-    /// the hole punch gave (as seen between requests), if it did.
+    /// The time from the connection through the relay to the first direct
+    /// one (the hole punch's), if one came.
     pub fn punch_time(&self) -> Option<Duration> {
         let punched_at = (*self.punched_at.lock().unwrap_or_else(|e| e.into_inner()))?;
         Some(punched_at.saturating_duration_since(self.relayed_at?))

@@ -444,15 +444,11 @@ impl NetState {
             } => {
                 self.reachability.insert(addr.clone(), *reachable);
             }
-            NodeEvent::AddressCandidate { addr } => {
-                if !self.candidates.contains(addr) {
-                    self.candidates.push(addr.clone());
-                }
+            NodeEvent::AddressCandidate { addr } if !self.candidates.contains(addr) => {
+                self.candidates.push(addr.clone());
             }
-            NodeEvent::ExternalAddrConfirmed { addr } => {
-                if !self.external.contains(addr) {
-                    self.external.push(addr.clone());
-                }
+            NodeEvent::ExternalAddrConfirmed { addr } if !self.external.contains(addr) => {
+                self.external.push(addr.clone());
             }
             _ => {}
         }
