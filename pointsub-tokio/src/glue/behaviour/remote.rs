@@ -244,6 +244,12 @@ impl Control {
         RemoteProtocolsWatch { receiver }
     }
 
+    /// The accepted protocols, sorted, as the handlers offer them: a new
+    /// `Arc` each time they change, so `Arc::ptr_eq` tells a change.
+    pub(crate) fn protocols_snapshot(&self) -> Arc<[StreamProtocol]> {
+        self.shared.protocols()
+    }
+
     /// Wakes `waker` each time the accepted protocols change (for a
     /// behaviour composed with ours that acts on them).
     pub(crate) fn on_local_protocols_change(&self, waker: &Arc<AtomicWaker>) {

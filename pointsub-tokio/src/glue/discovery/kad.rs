@@ -192,6 +192,9 @@ pub struct Providers {
     unpublished: bool,
     /// The protocols announced now, by name.
     announced: BTreeMap<String, StreamProtocol>,
+    /// pointsub's protocols when last looked at, and whether announcing
+    /// was possible then: nothing to do while neither changes.
+    seen: Option<(Arc<[StreamProtocol]>, bool)>,
     lookups: HashMap<QueryId, Lookup>,
 }
 
@@ -222,6 +225,7 @@ impl Providers {
             renew: false,
             unpublished: false,
             announced: BTreeMap::new(),
+            seen: None,
             lookups: HashMap::new(),
         }
     }
@@ -261,11 +265,19 @@ impl Providers {
     /// Starts and stops provider records to match what pointsub serves.
     fn sync_announcements(&mut self) {
         let ready = self.announce && (!self.wait_for_external || self.has_external);
+        let snapshot = self.control.protocols_snapshot();
+        let unchanged = self
+            .seen
+            .as_ref()
+            .is_some_and(|(s, r)| Arc::ptr_eq(s, &snapshot) && *r == ready);
+        if unchanged && !self.renew {
+            return;
+        }
+        self.seen = Some((snapshot.clone(), ready));
         let want: BTreeMap<String, StreamProtocol> = if ready {
-            self.control
-                .accepted_protocols()
-                .into_iter()
-                .map(|p| (p.as_ref().to_owned(), p))
+            snapshot
+                .iter()
+                .map(|p| (p.as_ref().to_owned(), p.clone()))
                 .collect()
         } else {
             BTreeMap::new()
