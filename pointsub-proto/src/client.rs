@@ -9,7 +9,7 @@ use crate::frame::{self, Decoded, ErrorCode, Flags, FrameKind, MessageDecoder};
 use crate::metrics::{ClientMetrics, ConnectionInfo};
 use crate::pool::{Acquire, GrantKind, PoolStats, StreamPool};
 use crate::retry::{Backoff, Rng};
-use crate::route::{self, Router};
+use crate::route::{self, NodeSource, Router};
 use crate::stats::{self, AttemptKind, ClientBook, ClientStats};
 use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, RequestId, StreamId};
@@ -436,7 +436,48 @@ impl Client {
         self.router.add_node(protocol, node)
     }
 
-    /// Removes a server node; errors on an unknown protocol or node.
+    /// Adds a server node found by `source` (see [`crate::route`]'s rules:
+    /// a discovered node leaves when its last source withdraws it).
+    /// `Ok(true)` if the node joined the set.
+    pub fn add_server_node_from(
+        &mut self,
+        protocol: &Protocol,
+        node: PeerKey,
+        source: NodeSource,
+    ) -> Result<bool, RouteError> {
+        self.router.add_node_from(protocol, node, source)
+    }
+
+    /// `source` no longer lists `node` for `protocol`; returns whether the
+    /// node left the set (it had no other source). A node added by hand
+    /// never leaves this way.
+    pub fn withdraw_server_node(
+        &mut self,
+        protocol: &Protocol,
+        node: &PeerKey,
+        source: NodeSource,
+    ) -> bool {
+        self.router.withdraw(protocol, node, source)
+    }
+
+    /// `source` no longer lists any node of `protocol` (its discovery
+    /// stopped); returns the nodes that left the set.
+    pub fn withdraw_server_nodes(
+        &mut self,
+        protocol: &Protocol,
+        source: NodeSource,
+    ) -> Vec<PeerKey> {
+        self.router.withdraw_all(protocol, source)
+    }
+
+    /// Where `node` came from as a server node of `protocol` (empty if it
+    /// is not one).
+    pub fn server_node_sources(&self, protocol: &Protocol, node: &PeerKey) -> Vec<NodeSource> {
+        self.router.sources(protocol, node)
+    }
+
+    /// Removes a server node by hand, whatever its sources; errors on an
+    /// unknown protocol or node.
     pub fn remove_server_node(
         &mut self,
         protocol: &Protocol,

@@ -48,6 +48,7 @@ pub use config::{ClientConfig, ServerConfig};
 pub use error::{ConfigError, NodeFailure, RequestError, ServerError};
 pub use ids::{PeerKey, Protocol, RequestId, StreamId};
 pub use metrics::{ClientMetrics, ConnectionInfo, ServerMetrics};
+pub use route::NodeSource;
 pub use server::{Server, ServerEvent};
 pub use stats::{ClientStats, ProtocolStats, ServerStats};
 pub use time::Instant;

@@ -8,6 +8,23 @@
 //! that order. Nodes that failed recently cool down: they move to the end of
 //! the order for a while that doubles with each consecutive failure, so a
 //! broken node is skipped but still tried when nothing else is left.
+//!
+//! # Where nodes come from
+//!
+//! A node of a set has one or more [`NodeSource`]s: added by hand
+//! ([`NodeSource::Manual`], `AddServerNode`), or found by a discovery
+//! mechanism (identify, a Kademlia provider record, mDNS). The two kinds
+//! follow different rules:
+//!
+//! - a node added by hand stays until it is removed by hand
+//!   ([`Router::remove_node`], [`Router::clear`]), whatever discovery
+//!   reports about it;
+//! - a discovered node stays while at least one source lists it: each
+//!   source withdraws it on its own ([`Router::withdraw`]), and it leaves
+//!   the set when its last source has.
+//!
+//! A removal by hand takes the node out whatever its sources; a discovery
+//! mechanism that still sees it adds it back on its next report.
 
 use crate::{Instant, PeerKey, Protocol};
 use sha2::{Digest, Sha256};
@@ -27,6 +44,44 @@ pub fn distance(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
         *out = x ^ y;
     }
     d
+}
+
+/// How a server node came to be in a protocol's set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum NodeSource {
+    /// Added by hand (`AddServerNode`): stays until removed by hand.
+    Manual,
+    /// The peer's identify information lists the protocol.
+    Identify,
+    /// A Kademlia provider record names the peer for the protocol.
+    Kademlia,
+    /// Found on the local network by mDNS.
+    Mdns,
+}
+
+impl NodeSource {
+    /// Whether this source is a discovery mechanism (anything but
+    /// [`NodeSource::Manual`]).
+    pub fn is_discovery(self) -> bool {
+        !matches!(self, NodeSource::Manual)
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            NodeSource::Manual => 1,
+            NodeSource::Identify => 2,
+            NodeSource::Kademlia => 4,
+            NodeSource::Mdns => 8,
+        }
+    }
+
+    const ALL: [NodeSource; 4] = [
+        NodeSource::Manual,
+        NodeSource::Identify,
+        NodeSource::Kademlia,
+        NodeSource::Mdns,
+    ];
 }
 
 /// Cooldown of failed nodes.
@@ -84,11 +139,13 @@ impl RouteError {
     }
 }
 
-/// A member of a node set, with its hash computed once.
+/// A member of a node set, with its hash computed once and its sources
+/// (a bit per [`NodeSource`], never empty).
 #[derive(Clone, Debug)]
 struct Node {
     key: PeerKey,
     hash: [u8; 32],
+    sources: u8,
 }
 
 /// The nodes of one protocol, in insertion order, with a membership index.
@@ -140,42 +197,141 @@ impl Router {
         &self.cfg
     }
 
-    /// Adds `node` to the set of `protocol` (`AddServerNode`). `Ok(true)` if
-    /// added, `Ok(false)` if it already was a member (nothing changes),
-    /// `Err(LocalNode)` for the local node.
+    /// Adds `node` by hand to the set of `protocol` (`AddServerNode`):
+    /// [`Router::add_node_from`] with [`NodeSource::Manual`]. A node that
+    /// was only discovered so far becomes a manual one too (it then stays
+    /// until removed by hand).
     pub fn add_node(&mut self, protocol: &Protocol, node: PeerKey) -> Result<bool, RouteError> {
+        self.add_node_from(protocol, node, NodeSource::Manual)
+    }
+
+    /// Adds `node` to the set of `protocol` as found by `source`.
+    /// `Ok(true)` if the node joined the set, `Ok(false)` if it already was
+    /// a member (it gains `source` if it did not have it; its place in the
+    /// insertion order stays), `Err(LocalNode)` for the local node.
+    pub fn add_node_from(
+        &mut self,
+        protocol: &Protocol,
+        node: PeerKey,
+        source: NodeSource,
+    ) -> Result<bool, RouteError> {
         if node == self.local {
             return Err(RouteError::LocalNode);
         }
         let set = self.sets.entry(protocol.clone()).or_default();
         if set.members.contains(&node) {
+            if let Some(n) = set.order.iter_mut().find(|n| n.key == node) {
+                n.sources |= source.bit();
+            }
             return Ok(false);
         }
         let hash = key_hash(node.as_bytes());
         set.members.insert(node.clone());
-        set.order.push(Node { key: node, hash });
+        set.order.push(Node {
+            key: node,
+            hash,
+            sources: source.bit(),
+        });
         Ok(true)
     }
 
-    /// Removes `node` from the set of `protocol` (`RemoveServerNode`). A set
-    /// left empty is dropped; a node left in no set loses its failure record.
+    /// `source` no longer lists `node` for `protocol`. The node leaves the
+    /// set when that was its last source (a node added by hand never leaves
+    /// this way). Returns whether it left. Withdrawing what was not there
+    /// does nothing (discovery reports may repeat).
+    ///
+    /// [`NodeSource::Manual`] withdraws the manual mark only: a node that
+    /// is also discovered stays, as a discovered node.
+    pub fn withdraw(&mut self, protocol: &Protocol, node: &PeerKey, source: NodeSource) -> bool {
+        let Some(set) = self.sets.get_mut(protocol) else {
+            return false;
+        };
+        let Some(n) = set.order.iter_mut().find(|n| n.key == *node) else {
+            return false;
+        };
+        n.sources &= !source.bit();
+        if n.sources != 0 {
+            return false;
+        }
+        self.drop_member(protocol, node);
+        true
+    }
+
+    /// `source` no longer lists any node for `protocol` (its discovery
+    /// stopped). Returns the nodes that left the set, in insertion order.
+    pub fn withdraw_all(&mut self, protocol: &Protocol, source: NodeSource) -> Vec<PeerKey> {
+        let listed: Vec<PeerKey> = match self.sets.get(protocol) {
+            Some(set) => set
+                .order
+                .iter()
+                .filter(|n| n.sources & source.bit() != 0)
+                .map(|n| n.key.clone())
+                .collect(),
+            None => return Vec::new(),
+        };
+        listed
+            .into_iter()
+            .filter(|node| self.withdraw(protocol, node, source))
+            .collect()
+    }
+
+    /// The sources of `node` in the set of `protocol`; empty when it is not
+    /// a member.
+    pub fn sources(&self, protocol: &Protocol, node: &PeerKey) -> Vec<NodeSource> {
+        let bits = self
+            .sets
+            .get(protocol)
+            .and_then(|s| s.order.iter().find(|n| n.key == *node))
+            .map_or(0, |n| n.sources);
+        NodeSource::ALL
+            .into_iter()
+            .filter(|s| bits & s.bit() != 0)
+            .collect()
+    }
+
+    /// The nodes of `protocol` that `source` lists, in insertion order.
+    pub fn nodes_from(&self, protocol: &Protocol, source: NodeSource) -> Vec<PeerKey> {
+        self.sets
+            .get(protocol)
+            .map(|s| {
+                s.order
+                    .iter()
+                    .filter(|n| n.sources & source.bit() != 0)
+                    .map(|n| n.key.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Removes `node` by hand from the set of `protocol`
+    /// (`RemoveServerNode`), whatever its sources. A set left empty is
+    /// dropped; a node left in no set loses its failure record.
     pub fn remove_node(&mut self, protocol: &Protocol, node: &PeerKey) -> Result<(), RouteError> {
         let set = self
             .sets
             .get_mut(protocol)
             .ok_or_else(|| RouteError::UnknownProtocol(protocol.clone()))?;
-        if !set.members.remove(node) {
+        if !set.members.contains(node) {
             return Err(RouteError::UnknownNode {
                 protocol: protocol.clone(),
                 node: node.clone(),
             });
         }
-        set.order.retain(|n| n.key != *node);
-        if set.order.is_empty() {
-            self.sets.remove(protocol);
+        self.drop_member(protocol, node);
+        Ok(())
+    }
+
+    /// Takes a member out of its set, dropping the set when left empty and
+    /// the node's failure record when it is in no set any more.
+    fn drop_member(&mut self, protocol: &Protocol, node: &PeerKey) {
+        if let Some(set) = self.sets.get_mut(protocol) {
+            set.members.remove(node);
+            set.order.retain(|n| n.key != *node);
+            if set.order.is_empty() {
+                self.sets.remove(protocol);
+            }
         }
         self.forget_if_orphan(node);
-        Ok(())
     }
 
     /// The nodes of `protocol` in insertion order (`GetServerNodes`); empty
@@ -187,7 +343,8 @@ impl Router {
             .unwrap_or_default()
     }
 
-    /// Removes every node of `protocol` (`ClearServerNodes`).
+    /// Removes every node of `protocol` by hand (`ClearServerNodes`),
+    /// whatever their sources.
     pub fn clear(&mut self, protocol: &Protocol) {
         if let Some(set) = self.sets.remove(protocol) {
             for node in &set.members {
@@ -500,5 +657,76 @@ mod tests {
         r.record_failure(&first, now);
         assert_eq!(r.order(&proto(), b"z", &[], now).unwrap()[1], first);
         assert_eq!(r.order(&other, b"z", &[], now).unwrap()[1], first);
+    }
+
+    #[test]
+    fn manual_nodes_stay_whatever_discovery_says() {
+        let mut r = Router::new(key(0), RouteConfig::default());
+        let p = proto();
+        assert_eq!(r.add_node(&p, key(1)), Ok(true));
+        // Discovery also lists it, then withdraws it: it stays (manual).
+        assert_eq!(r.add_node_from(&p, key(1), NodeSource::Identify), Ok(false));
+        assert_eq!(
+            r.sources(&p, &key(1)),
+            vec![NodeSource::Manual, NodeSource::Identify]
+        );
+        assert!(!r.withdraw(&p, &key(1), NodeSource::Identify));
+        assert_eq!(
+            r.withdraw_all(&p, NodeSource::Kademlia),
+            Vec::<PeerKey>::new()
+        );
+        assert_eq!(r.nodes(&p), vec![key(1)]);
+        assert_eq!(r.sources(&p, &key(1)), vec![NodeSource::Manual]);
+        // Only a removal by hand takes it out.
+        r.remove_node(&p, &key(1)).unwrap();
+        assert!(r.nodes(&p).is_empty());
+        assert!(r.sources(&p, &key(1)).is_empty());
+    }
+
+    #[test]
+    fn discovered_node_leaves_with_its_last_source() {
+        let mut r = Router::new(key(0), RouteConfig::default());
+        let p = proto();
+        assert_eq!(r.add_node_from(&p, key(1), NodeSource::Identify), Ok(true));
+        assert_eq!(r.add_node_from(&p, key(1), NodeSource::Kademlia), Ok(false));
+        assert_eq!(r.add_node_from(&p, key(2), NodeSource::Kademlia), Ok(true));
+        assert_eq!(
+            r.add_node_from(&p, key(0), NodeSource::Identify),
+            Err(RouteError::LocalNode)
+        );
+        r.record_failure(&key(1), Instant::ZERO);
+        assert!(!r.withdraw(&p, &key(1), NodeSource::Identify));
+        assert_eq!(r.nodes(&p), vec![key(1), key(2)]);
+        assert_eq!(r.failures(&key(1)), 1);
+        assert_eq!(r.nodes_from(&p, NodeSource::Kademlia), vec![key(1), key(2)]);
+        assert_eq!(
+            r.withdraw_all(&p, NodeSource::Kademlia),
+            vec![key(1), key(2)]
+        );
+        assert!(r.nodes(&p).is_empty());
+        assert!(r.protocols().is_empty());
+        // Its failure record went with it.
+        assert_eq!(r.failures(&key(1)), 0);
+        // Repeated withdrawals are harmless.
+        assert!(!r.withdraw(&p, &key(1), NodeSource::Identify));
+    }
+
+    #[test]
+    fn a_discovered_node_added_by_hand_becomes_manual() {
+        let mut r = Router::new(key(0), RouteConfig::default());
+        let p = proto();
+        r.add_node_from(&p, key(1), NodeSource::Mdns).unwrap();
+        assert_eq!(r.add_node(&p, key(1)), Ok(false));
+        assert!(!r.withdraw(&p, &key(1), NodeSource::Mdns));
+        assert_eq!(r.nodes(&p), vec![key(1)]);
+        // Withdrawing the manual mark of a node nothing else lists drops it.
+        assert!(r.withdraw(&p, &key(1), NodeSource::Manual));
+        assert!(r.nodes(&p).is_empty());
+        // A removal by hand takes out a discovered node too.
+        r.add_node_from(&p, key(2), NodeSource::Identify).unwrap();
+        r.remove_node(&p, &key(2)).unwrap();
+        assert!(r.nodes(&p).is_empty());
+        assert!(NodeSource::Identify.is_discovery());
+        assert!(!NodeSource::Manual.is_discovery());
     }
 }

@@ -58,7 +58,7 @@ pub mod bench;
 mod glue;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-pub use glue::{behaviour, client, conn, host, net, node, rt, server};
+pub use glue::{behaviour, client, conn, discovery, host, net, node, rt, server};
 #[cfg(feature = "tokio-runtime")]
 mod tokio_rt;
 
@@ -76,7 +76,8 @@ pub mod generic {
 
 pub use behaviour::{
     AlreadyRegistered, Behaviour, Closed, Connect, ConnectionPath, Control, DialError,
-    IncomingStreams, OpenStream, OpenStreamError, OpenStreamWithPath, StreamLimits,
+    IncomingStreams, OpenStream, OpenStreamError, OpenStreamWithPath, PeerProtocols,
+    RemoteProtocolsWatch, StreamLimits,
 };
 pub use client::{ClosestOptions, RequestErrorExt, Response};
 pub use conn::{ConnError, DEFAULT_CONN_TIMEOUT};
@@ -88,7 +89,7 @@ pub use node::{
     NodeShutDown, WithSwarmError,
 };
 pub use pointsub_proto::{
-    self as proto, ClientConfig, ClientMetrics, ClientStats, ConfigError, RequestError,
+    self as proto, ClientConfig, ClientMetrics, ClientStats, ConfigError, NodeSource, RequestError,
     ServerConfig, ServerMetrics, ServerStats,
 };
 pub use rt::{Runtime, RuntimeExecutor};

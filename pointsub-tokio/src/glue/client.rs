@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use super::behaviour::{ConnectionPath, Control, OpenStreamError, PathChange};
 use super::common::{ConnectionInfo, peer_id, peer_key};
+use super::discovery::ClientDiscovery;
 use super::driver::{self, Close, Driver, Plumbing, Side, UserHandle, Wakers};
 use super::host::Host;
 use super::rt::Runtime;
@@ -164,6 +165,8 @@ pub(crate) struct State {
     paths: HashMap<StreamId, ConnectionPath>,
     /// The id of this client's watch of direct connections, until closed.
     path_watch: Option<u64>,
+    /// Identify-based discovery of server nodes (`discovery/`).
+    discovery: ClientDiscovery,
 }
 
 impl State {
@@ -172,6 +175,27 @@ impl State {
         if let Some(id) = self.path_watch.take() {
             self.control.unwatch_paths(id);
         }
+    }
+}
+
+/// A handle on a client's server-node sets that does not keep the client
+/// open: what discovery tasks update them through.
+pub(crate) struct NodeSets<R: Runtime>(std::sync::Weak<Shared<R>>);
+
+impl<R: Runtime> NodeSets<R> {
+    /// Runs `f` on the core and the discovery bookkeeping; `None` once the
+    /// client is closed or gone.
+    pub(crate) fn with<T>(
+        &self,
+        f: impl FnOnce(&mut pointsub_proto::Client, &mut ClientDiscovery) -> T,
+    ) -> Option<T> {
+        let driver = self.0.upgrade()?;
+        let mut state = driver.lock();
+        if state.plumbing.stopped {
+            return None;
+        }
+        let state = &mut *state;
+        Some(f(&mut state.core, &mut state.discovery))
     }
 }
 
@@ -498,6 +522,7 @@ impl<R: Runtime> Client<R> {
                 control: host.control().clone(),
                 paths: HashMap::new(),
                 path_watch: Some(watch),
+                discovery: ClientDiscovery::default(),
             },
         );
         spawn_path_watch(&shared, changes);
@@ -508,6 +533,11 @@ impl<R: Runtime> Client<R> {
 
     fn shared(&self) -> &Shared<R> {
         &self.handle.driver
+    }
+
+    /// The server-node sets, for discovery tasks.
+    pub(crate) fn node_sets(&self) -> NodeSets<R> {
+        NodeSets(Arc::downgrade(&self.handle.driver))
     }
 
     /// The host this client sends from (a node's, or an embedding
@@ -619,17 +649,19 @@ impl<R: Runtime> Client<R> {
         })
     }
 
-    /// Adds `peer` to the server nodes of `protocol` for
-    /// [`Client::send_closest`]. Returns false if it was already there;
-    /// refuses this client's own node.
+    /// Adds `peer` by hand to the server nodes of `protocol` for
+    /// [`Client::send_closest`]: it stays until removed by hand, whatever
+    /// discovery says. Returns false if it was already there (a discovered
+    /// node becomes a hand-added one too); refuses this client's own node.
     pub fn add_server_node(&self, protocol: &str, peer: PeerId) -> Result<bool, RequestError> {
         let protocol = protocol_name(protocol)?;
         let mut state = self.shared().lock();
         Ok(state.core.add_server_node(&protocol, peer_key(&peer))?)
     }
 
-    /// Removes `peer` from the server nodes of `protocol`; an error if it
-    /// was not one.
+    /// Removes `peer` from the server nodes of `protocol`, whatever found
+    /// it (a discovery source that still lists it adds it back on its next
+    /// report); an error if it was not one.
     pub fn remove_server_node(&self, protocol: &str, peer: PeerId) -> Result<(), RequestError> {
         let protocol = protocol_name(protocol)?;
         let mut state = self.shared().lock();

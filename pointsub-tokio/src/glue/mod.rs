@@ -9,6 +9,8 @@
 //!   above it is built on; [`node`]: a swarm of its own, driven by a task;
 //! - [`client`], [`server`], [`conn`]: the public APIs; `driver` moves one
 //!   core's bytes between its streams and the runtime;
+//! - [`discovery`]: server nodes for `send_closest` found through identify
+//!   and Kademlia provider records;
 //! - [`net`]: the node's composed behaviour for real networks (identify,
 //!   ping, AutoNAT v2, relay, DCUtR, Kademlia, mDNS) and its events;
 //! - `common`: what client and server share (peer keys, connection info,
@@ -18,6 +20,7 @@ pub mod behaviour;
 pub mod client;
 mod common;
 pub mod conn;
+pub mod discovery;
 pub(crate) mod driver;
 pub mod host;
 pub mod net;

@@ -41,9 +41,10 @@ use pointsub_tokio::{
     ServerConfig, ServerMetrics,
 };
 
-mod reach;
 mod chart;
+mod discover;
 mod prom;
+mod reach;
 mod soak;
 
 /// The protocol `serve` and `send` use unless told otherwise.
@@ -87,6 +88,13 @@ enum Command {
     /// it to --out). The body is TEXT, or the contents of --file (`-` reads
     /// stdin). The exit status says how the request ended (listed below).
     Send(SendArgs),
+    /// Finds the servers of a protocol. With --bootstrap, through Kademlia
+    /// provider records (servers started with `serve --bootstrap` announce
+    /// themselves): prints `provider <peer id>` for each, and with --send
+    /// sends to the XOR-closest and prints `answered by <peer id>` and the
+    /// reply. With --watch, through identify: prints `node + <peer id>` /
+    /// `node - <peer id>` as connected peers start and stop serving it.
+    Discover(discover::DiscoverArgs),
     /// Measures pointsub beside libp2p request-response and raw TCP echo,
     /// in this process over loopback: prints a table (QPS, MB/s, latency,
     /// failures, peak RSS) and writes it as CSV and an SVG chart. Run it
@@ -139,7 +147,10 @@ struct ServeArgs {
     #[arg(long = "relay", value_name = "MULTIADDR")]
     relay: Vec<Multiaddr>,
     /// A Kademlia bootstrap peer (repeatable), ending with `/p2p/<peer id>`;
-    /// turns Kademlia on (protocol /pointsub/kad/1.0.0, client mode).
+    /// turns Kademlia on (protocol /pointsub/kad/1.0.0, client mode). The
+    /// served protocol is announced as a provider record (`pointsub
+    /// discover` finds it), with the relayed address under --relay, else
+    /// with the listen addresses.
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     bootstrap: Vec<Multiaddr>,
     /// Milliseconds the echo handler waits before answering each request
@@ -247,6 +258,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Relay(args) => reach::relay(args).await,
         Command::Send(args) => send(args).await,
+        Command::Discover(args) => discover::discover(args).await,
         Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Soak(args) => soak::run(args).await,
     };
@@ -437,6 +449,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     let mut config = NodeConfig::default()
         .with_listen_addrs(listen)
         .with_relays(args.relay.iter().cloned());
+    let announce = !args.bootstrap.is_empty() && args.relay.is_empty();
     if !args.bootstrap.is_empty() {
         config = config.with_bootstrap(args.bootstrap);
     }
@@ -446,6 +459,12 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     let node = Node::new(config).await?;
     reach::check_reservations(&node, &args.relay).await?;
     reach::log_events(&node);
+    if announce {
+        // Kademlia provider records carry the node's external addresses
+        // (without one, a record is useless to others): without a relay,
+        // the listen addresses are the best there is.
+        discover::announce_listen_addrs(&node);
+    }
     let mut server_config = ServerConfig::default();
     if let Some(ms) = args.slow_handler_ms {
         server_config = server_config.with_slow_handler_threshold(Duration::from_millis(ms.max(1)));

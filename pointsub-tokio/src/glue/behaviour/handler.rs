@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::{Ready, ready};
+use futures::task::AtomicWaker;
 use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
 use libp2p::swarm::handler::{
     ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
@@ -52,6 +53,9 @@ pub struct Handler {
     pub(super) shared: Arc<Shared>,
     pub(super) open_timeout: Duration,
     pub(super) pending: VecDeque<OpenRequest>,
+    /// Woken when the local protocols change, so that the connection
+    /// re-reads them (and identify pushes them) at once.
+    pub(super) protocols_changed: Arc<AtomicWaker>,
 }
 
 impl fmt::Debug for Handler {
@@ -83,12 +87,13 @@ impl ConnectionHandler for Handler {
 
     fn poll(
         &mut self,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<
         ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
     > {
         // The connection task polls the handler again right after every
-        // `on_behaviour_event`, so no waker needs storing here.
+        // `on_behaviour_event`; the waker is only for protocol changes.
+        self.protocols_changed.register(cx.waker());
         while let Some(request) = self.pending.pop_front() {
             if request.reply.is_canceled() {
                 continue;
@@ -142,6 +147,9 @@ impl ConnectionHandler for Handler {
                 let _ = request.reply.send(Err(error));
             }
             ConnectionEvent::ListenUpgradeError(ListenUpgradeError { error, .. }) => match error {},
+            ConnectionEvent::RemoteProtocolsChange(change) => {
+                lock(&self.shared.remote).changed(self.peer, self.path.connection, &change);
+            }
             _ => {}
         }
     }

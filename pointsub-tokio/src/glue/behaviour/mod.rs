@@ -84,11 +84,14 @@ use crate::glue::common::lock;
 mod control;
 mod handler;
 mod limits;
+mod remote;
 mod shared;
 
 pub use control::*;
 pub use handler::*;
 pub use limits::{MAX_STREAMS_PER_CONNECTION, swarm_limits, yamux_config};
+pub use remote::{PeerProtocols, RemoteProtocolsWatch};
+use remote::{ProtocolWakers, RemoteProtocols};
 pub(crate) use shared::PathChange;
 use shared::*;
 
@@ -179,12 +182,17 @@ impl Behaviour {
     }
 
     fn handler(&self, peer: PeerId, path: ConnectionPath) -> Handler {
+        let protocols_changed = Arc::new(futures::task::AtomicWaker::new());
+        lock(&self.shared.registry)
+            .wakers
+            .register(&protocols_changed);
         Handler {
             peer,
             path,
             shared: self.shared.clone(),
             open_timeout: self.open_timeout,
             pending: VecDeque::new(),
+            protocols_changed,
         }
     }
 
@@ -417,6 +425,7 @@ impl Drop for Behaviour {
         };
         // Dropping the senders ends every IncomingStreams.
         drop(receivers);
+        lock(&self.shared.remote).close();
     }
 }
 
@@ -482,9 +491,11 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
+                lock(&self.shared.remote).connection_opened(e.peer_id, e.connection_id);
                 self.on_connection_established(e.peer_id, e.connection_id, e.endpoint);
             }
             FromSwarm::ConnectionClosed(e) => {
+                lock(&self.shared.remote).connection_closed(e.peer_id, e.connection_id);
                 let mut state = lock(&self.shared.state);
                 let direct_before = state.has_direct(&e.peer_id);
                 if let Some(connections) = state.connections.get_mut(&e.peer_id) {

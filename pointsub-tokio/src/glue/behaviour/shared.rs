@@ -20,6 +20,8 @@ pub(super) struct Shared {
     pub(super) local_peer_id: PeerId,
     pub(super) registry: Mutex<Registry>,
     pub(super) state: Mutex<State>,
+    /// What connected peers say they support (see `remote.rs`).
+    pub(super) remote: Mutex<RemoteProtocols>,
     /// Which of pointsub's stream limits were set through [`Control`]'s
     /// helpers (the swarm's own settings cannot be read from a behaviour).
     pub(super) yamux_limit_set: AtomicBool,
@@ -38,6 +40,9 @@ pub(super) struct Registry {
     pub(super) snapshot: Arc<[StreamProtocol]>,
     pub(super) next_id: u64,
     pub(super) closed: bool,
+    /// Woken when the snapshot changes, so that connections (and through
+    /// them identify) see the new protocols at once.
+    pub(super) wakers: ProtocolWakers,
 }
 
 impl Registry {
@@ -45,6 +50,7 @@ impl Registry {
         let mut protocols: Vec<StreamProtocol> = self.receivers.keys().cloned().collect();
         protocols.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
         self.snapshot = protocols.into();
+        self.wakers.wake_all();
     }
 }
 
@@ -142,6 +148,7 @@ impl Shared {
             local_peer_id,
             registry: Mutex::new(Registry::default()),
             state: Mutex::new(State::default()),
+            remote: Mutex::new(RemoteProtocols::default()),
             yamux_limit_set: AtomicBool::new(false),
             swarm_limit_set: AtomicBool::new(false),
         }

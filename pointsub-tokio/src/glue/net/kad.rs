@@ -12,23 +12,32 @@
 use libp2p::kad::store::MemoryStore;
 use libp2p::kad::{self, Mode};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use libp2p::{Multiaddr, PeerId};
 
+use crate::behaviour::Control;
+use crate::discovery::Providers;
 use crate::node::NodeConfig;
 
 /// Kademlia's protocol name on pointsub nodes: `/pointsub/kad/1.0.0`.
-pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/pointsub/kad/1.0.0");
+pub use crate::discovery::KAD_PROTOCOL;
 
 /// The node's Kademlia behaviour, disabled (`Toggle` off) unless the
-/// config enables it ([`NodeConfig::kad`]).
-pub type Kademlia = Toggle<kad::Behaviour<MemoryStore>>;
+/// config enables it ([`NodeConfig::kad`]): libp2p's Kademlia inside
+/// discovery's [`Providers`], which announces what the node serves as
+/// provider records and looks providers up
+/// ([`Client::discover_providers`](crate::generic::Client::discover_providers)).
+pub type Kademlia = Toggle<Providers>;
 
 /// Builds the node's Kademlia for `config`: off unless
 /// [`NodeConfig::kad`]; server mode if [`NodeConfig::public`], client mode
 /// otherwise; the bootstrap peers ([`NodeConfig::bootstrap`], each ending
 /// with `/p2p/<peer id>`) in its routing table. Bootstrap addresses without
 /// a peer id are skipped with a warning (Kademlia keys peers by id).
-pub fn kademlia(local_peer_id: PeerId, config: &NodeConfig) -> Kademlia {
+///
+/// A node that listens through relays announces its provider records
+/// only once an external address is confirmed (its reservation's circuit
+/// address), so that they carry an address others can reach.
+pub fn kademlia(local_peer_id: PeerId, config: &NodeConfig, pointsub: &Control) -> Kademlia {
     if !config.kad {
         return Toggle::from(None);
     }
@@ -55,7 +64,9 @@ pub fn kademlia(local_peer_id: PeerId, config: &NodeConfig) -> Kademlia {
             None => tracing::warn!(%addr, "bootstrap address without /p2p/<peer id>: skipped"),
         }
     }
-    Toggle::from(Some(kad))
+    let providers =
+        Providers::new(kad, pointsub).announce_after_external_address(!config.relays.is_empty());
+    Toggle::from(Some(providers))
 }
 
 /// `addr` split into its trailing `/p2p/<peer id>` and the rest; `None`

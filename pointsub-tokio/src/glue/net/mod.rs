@@ -174,6 +174,7 @@ impl NetBehaviour {
                 },
             )
         });
+        let kad = kademlia(peer, config, &pointsub.control());
         Self {
             pointsub,
             identify,
@@ -187,7 +188,7 @@ impl NetBehaviour {
             relay_client,
             relay_server: Toggle::from(relay_server),
             dcutr: dcutr::Behaviour::new(peer),
-            kad: kademlia(peer, config),
+            kad,
             mdns: Toggle::from(None),
         }
     }
@@ -353,7 +354,7 @@ impl NodeBehaviour for NetBehaviour {
                 {
                     for addr in info.listen_addrs {
                         if !is_relayed(&addr) {
-                            kad.add_address(&peer_id, addr);
+                            kad.kad_mut().add_address(&peer_id, addr);
                         }
                     }
                 }
@@ -404,7 +405,7 @@ impl NodeBehaviour for NetBehaviour {
                         .control()
                         .add_address(peer, addr.clone());
                     if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
-                        kad.add_address(&peer, addr);
+                        kad.kad_mut().add_address(&peer, addr);
                     }
                 }
             }
