@@ -10,6 +10,7 @@ use crate::metrics::{ClientMetrics, ConnectionInfo};
 use crate::pool::{Acquire, GrantKind, PoolStats, StreamPool};
 use crate::retry::{Backoff, Rng};
 use crate::route::{self, Router};
+use crate::timer::TimerTable;
 use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, RequestId, StreamId};
 use bytes::Bytes;
@@ -177,7 +178,6 @@ struct Req {
     attempts: u32,
     live: Vec<u64>,
     retry_at: Option<Instant>,
-    deadline: Option<Instant>,
     /// Send-closest: each node that failed so far, with its last failure,
     /// in the order first tried.
     failures: Vec<NodeFailure>,
@@ -225,13 +225,11 @@ struct Attempt {
     node: PeerKey,
     stream: Option<StreamId>,
     phase: Phase,
-    deadline: Instant,
 }
 
 struct Stream {
     key: PoolKey,
     open: bool,
-    open_deadline: Instant,
     decoder: MessageDecoder,
     tx: Outgoing,
     attempts: BTreeSet<u64>,
@@ -282,7 +280,7 @@ pub struct Client {
     attempts: BTreeMap<u64, Attempt>,
     streams: BTreeMap<StreamId, Stream>,
     ready: VecDeque<StreamId>,
-    timers: BTreeSet<(Instant, Timer)>,
+    timers: TimerTable<Timer>,
     events: VecDeque<ClientEvent>,
     /// Whether a peer said it accepts deflate (learned from its frames).
     peer_deflate: BTreeMap<PeerKey, bool>,
@@ -311,7 +309,7 @@ impl Client {
             attempts: BTreeMap::new(),
             streams: BTreeMap::new(),
             ready: VecDeque::new(),
-            timers: BTreeSet::new(),
+            timers: TimerTable::new(),
             events: VecDeque::new(),
             peer_deflate: BTreeMap::new(),
             next_request: 1,
@@ -516,8 +514,7 @@ impl Client {
         s.open = true;
         s.opened_at = now;
         s.last_active = now;
-        let deadline = s.open_deadline;
-        self.timers.remove(&(deadline, Timer::Open(stream)));
+        self.timers.stop(Timer::Open(stream));
         self.pool.opened(stream, now);
         let waiting: Vec<u64> = s.attempts.iter().copied().collect();
         for wire in waiting {
@@ -602,11 +599,8 @@ impl Client {
             if let Some(a) = self.attempts.get_mut(&wire)
                 && a.phase == Phase::Writing
             {
-                let old = a.deadline;
                 a.phase = Phase::Reading;
-                a.deadline = read_deadline;
-                self.timers.remove(&(old, Timer::Attempt(wire)));
-                self.timers.insert((read_deadline, Timer::Attempt(wire)));
+                self.timers.set(Timer::Attempt(wire), read_deadline);
             }
         }
     }
@@ -629,11 +623,7 @@ impl Client {
 
     /// Time passed: fire every deadline due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, timer)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Attempt(wire) => self.on_attempt_deadline(wire, now),
                 Timer::Retry(id) => self.on_retry(id, now),
@@ -691,7 +681,7 @@ impl Client {
 
     /// When [`Client::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = self.timers.first().map(|(at, _)| *at);
+        let t = self.timers.next_deadline();
         match (t, self.pool.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -736,13 +726,12 @@ impl Client {
                 attempts: 0,
                 live: Vec::new(),
                 retry_at: None,
-                deadline,
                 failures: Vec::new(),
                 ruled_out: BTreeSet::new(),
             },
         );
         if let Some(d) = deadline {
-            self.timers.insert((d, Timer::Deadline(id)));
+            self.timers.set(Timer::Deadline(id), d);
         }
         for _ in 0..width {
             self.start_attempt(id, now);
@@ -791,7 +780,6 @@ impl Client {
                 node,
                 stream: None,
                 phase: Phase::Queued,
-                deadline: Instant::MAX,
             },
         );
         let acq = self.pool.acquire(&key, wire, now);
@@ -821,7 +809,7 @@ impl Client {
             return;
         };
         let open_deadline = now + self.cfg.connect_timeout;
-        self.timers.insert((open_deadline, Timer::Open(stream)));
+        self.timers.set(Timer::Open(stream), open_deadline);
         self.metrics.streams_opened += 1;
         self.events.push_back(ClientEvent::OpenStream {
             stream,
@@ -833,7 +821,6 @@ impl Client {
             Stream {
                 key,
                 open: false,
-                open_deadline,
                 decoder: MessageDecoder::new(self.cfg.max_block_size),
                 tx: Outgoing::new(),
                 attempts: BTreeSet::new(),
@@ -853,25 +840,21 @@ impl Client {
         };
         s.attempts.insert(wire);
         s.requests += 1;
-        let open_deadline = s.open_deadline;
         let open = s.open;
         if let Some(a) = self.attempts.get_mut(&wire) {
             a.stream = Some(stream);
         }
         if !open && let Some(a) = self.attempts.get_mut(&wire) {
             // The stream's own open timer bounds this phase: no attempt timer.
-            self.timers.remove(&(a.deadline, Timer::Attempt(wire)));
+            self.timers.stop(Timer::Attempt(wire));
             a.phase = Phase::Opening;
-            a.deadline = open_deadline;
         }
     }
 
     fn set_attempt_deadline(&mut self, wire: u64, phase: Phase, deadline: Instant) {
         if let Some(a) = self.attempts.get_mut(&wire) {
-            self.timers.remove(&(a.deadline, Timer::Attempt(wire)));
             a.phase = phase;
-            a.deadline = deadline;
-            self.timers.insert((deadline, Timer::Attempt(wire)));
+            self.timers.set(Timer::Attempt(wire), deadline);
         }
     }
 
@@ -1042,7 +1025,7 @@ impl Client {
     /// slot (the stream stays usable), otherwise the caller discards the stream.
     fn detach(&mut self, wire: u64, healthy: bool, now: Instant) -> Option<Attempt> {
         let a = self.attempts.remove(&wire)?;
-        self.timers.remove(&(a.deadline, Timer::Attempt(wire)));
+        self.timers.stop(Timer::Attempt(wire));
         if let Some(req) = self.requests.get_mut(&a.req) {
             req.live.retain(|&w| w != wire);
         }
@@ -1124,7 +1107,7 @@ impl Client {
             let delay = self.backoff.delay(req.attempts, &mut self.rng);
             let at = now + delay;
             req.retry_at = Some(at);
-            self.timers.insert((at, Timer::Retry(a.req)));
+            self.timers.set(Timer::Retry(a.req), at);
         }
     }
 
@@ -1146,8 +1129,8 @@ impl Client {
         if close {
             self.events.push_back(ClientEvent::CloseStream { stream });
         }
-        if let Some(s) = self.streams.remove(&stream) {
-            self.timers.remove(&(s.open_deadline, Timer::Open(stream)));
+        if self.streams.remove(&stream).is_some() {
+            self.timers.stop(Timer::Open(stream));
         }
         for wire in wires {
             let phase = self.attempts.get(&wire).map(|a| a.phase);
@@ -1165,12 +1148,8 @@ impl Client {
         let Some(req) = self.requests.remove(&id) else {
             return;
         };
-        if let Some(d) = req.deadline {
-            self.timers.remove(&(d, Timer::Deadline(id)));
-        }
-        if let Some(at) = req.retry_at {
-            self.timers.remove(&(at, Timer::Retry(id)));
-        }
+        self.timers.stop(Timer::Deadline(id));
+        self.timers.stop(Timer::Retry(id));
         for wire in req.live {
             let Some(a) = self.attempts.get(&wire) else {
                 continue;
@@ -1248,8 +1227,8 @@ impl Client {
     }
 
     fn forget_stream(&mut self, stream: StreamId) {
-        if let Some(s) = self.streams.remove(&stream) {
-            self.timers.remove(&(s.open_deadline, Timer::Open(stream)));
+        if self.streams.remove(&stream).is_some() {
+            self.timers.stop(Timer::Open(stream));
             self.events.push_back(ClientEvent::CloseStream { stream });
         }
     }

@@ -40,6 +40,7 @@ pub mod retry;
 pub mod route;
 pub mod server;
 mod time;
+mod timer;
 mod transmit;
 
 pub use client::{Client, ClientEvent, ClosestOptions, OpenFailure, Response, SendOptions};

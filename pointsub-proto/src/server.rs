@@ -9,6 +9,7 @@ use crate::config::ServerConfig;
 use crate::error::{ConfigError, ServerError};
 use crate::frame::{self, Decoded, ErrorCode, Flags, FrameKind, MessageDecoder};
 use crate::metrics::{ConnectionInfo, ServerMetrics};
+use crate::timer::TimerTable;
 use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, StreamId};
 use bytes::Bytes;
@@ -120,7 +121,7 @@ pub struct Server {
     streams_per_peer: BTreeMap<PeerKey, usize>,
     handling: BTreeMap<(StreamId, u64), Handling>,
     ready: VecDeque<StreamId>,
-    timers: BTreeSet<(Instant, Timer)>,
+    timers: TimerTable<Timer>,
     events: VecDeque<ServerEvent>,
     next_stream: u64,
     next_adjust: Option<Instant>,
@@ -145,7 +146,7 @@ impl Server {
             streams_per_peer: BTreeMap::new(),
             handling: BTreeMap::new(),
             ready: VecDeque::new(),
-            timers: BTreeSet::new(),
+            timers: TimerTable::new(),
             events: VecDeque::new(),
             next_stream: 1,
             next_adjust: None,
@@ -267,7 +268,7 @@ impl Server {
             return;
         }
         self.shutdown = Some(deadline);
-        self.timers.insert((deadline, Timer::Shutdown));
+        self.timers.set(Timer::Shutdown, deadline);
         self.check_stopped(now);
     }
 
@@ -480,11 +481,7 @@ impl Server {
 
     /// Time passed: fire what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, timer)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Stream(stream) => self.on_stream_deadline(stream, now),
                 Timer::Adjust => {
@@ -515,7 +512,7 @@ impl Server {
 
     /// When [`Server::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        self.timers.next_deadline()
     }
 
     // ----- internals -----
@@ -663,7 +660,7 @@ impl Server {
         let Some(s) = self.streams.remove(&stream) else {
             return;
         };
-        self.timers.remove(&(s.deadline, Timer::Stream(stream)));
+        self.timers.stop(Timer::Stream(stream));
         if let Some(n) = self.streams_per_peer.get_mut(&s.peer) {
             *n -= 1;
             if *n == 0 {
@@ -696,10 +693,11 @@ impl Server {
             d = d.min(s.last_active + self.cfg.cleanup_interval);
         }
         if d != s.deadline {
-            self.timers.remove(&(s.deadline, Timer::Stream(stream)));
             s.deadline = d;
-            if d != Instant::MAX {
-                self.timers.insert((d, Timer::Stream(stream)));
+            if d == Instant::MAX {
+                self.timers.stop(Timer::Stream(stream));
+            } else {
+                self.timers.set(Timer::Stream(stream), d);
             }
         }
     }
@@ -738,7 +736,7 @@ impl Server {
         if self.next_adjust.is_none() {
             let at = now + self.cfg.adjust_interval;
             self.next_adjust = Some(at);
-            self.timers.insert((at, Timer::Adjust));
+            self.timers.set(Timer::Adjust, at);
         }
     }
 
@@ -773,9 +771,7 @@ impl Server {
     fn check_stopped(&mut self, _now: Instant) {
         if self.shutdown.is_some() && !self.stopped && self.handling.is_empty() {
             self.stopped = true;
-            if let Some(d) = self.shutdown {
-                self.timers.remove(&(d, Timer::Shutdown));
-            }
+            self.timers.stop(Timer::Shutdown);
             self.events.push_back(ServerEvent::Stopped);
         }
     }
