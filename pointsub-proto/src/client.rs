@@ -11,9 +11,9 @@ use crate::pool::{Acquire, GrantKind, PoolStats, StreamPool};
 use crate::retry::{Backoff, Rng};
 use crate::route::{self, Router};
 use crate::timer::TimerTable;
-use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
+use crate::transmit::{self, HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, RequestId, StreamId};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Options of one [`Client::send_with`] call.
@@ -545,14 +545,18 @@ impl Client {
     }
 
     /// Bytes arrived on `stream`.
-    pub fn handle_data(&mut self, stream: StreamId, data: &[u8], now: Instant) {
+    ///
+    /// Takes the buffer over (a `BytesMut` read from the stream, or a
+    /// slice, copied): single-frame messages are handed on as slices of it.
+    pub fn handle_data(&mut self, stream: StreamId, data: impl Into<BytesMut>, now: Instant) {
+        let data = data.into();
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
         s.last_active = now;
         s.bytes_in += data.len() as u64;
         self.metrics.bytes_read += data.len() as u64;
-        s.decoder.push(data);
+        s.decoder.push_owned(data);
         loop {
             let Some(s) = self.streams.get_mut(&stream) else {
                 return;
@@ -660,23 +664,26 @@ impl Client {
     /// [`crate::STREAM_WINDOW`] bytes unflushed waits for [`Client::handle_flushed`].
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = next_transmit(&mut self.ready, &mut self.streams)?;
-        self.metrics.bytes_written += t.data.len() as u64;
-        if let Some(s) = self.streams.get_mut(&t.stream) {
-            // Requests whose last byte just went out start their read phase once flushed.
-            let emitted = s.tx.emitted;
-            for &wire in &s.attempts {
-                if self
-                    .attempts
-                    .get(&wire)
-                    .is_some_and(|a| a.phase == Phase::Writing)
-                    && !s.tx.out.contains(wire)
-                    && !s.write_marks.iter().any(|&(_, w)| w == wire)
-                {
-                    s.write_marks.push_back((emitted, wire));
-                }
-            }
-        }
+        self.emitted(t.stream, t.data.len());
         Some(t)
+    }
+
+    /// The next stream with bytes to pull now with
+    /// [`Client::poll_transmit_on`]: an adapter whose stream tasks pull
+    /// their own bytes wakes the task of each stream this returns. A
+    /// stream comes back once it has news (bytes queued, window reopened).
+    pub fn poll_writable(&mut self) -> Option<StreamId> {
+        transmit::next_writable(&mut self.ready, &mut self.streams)
+    }
+
+    /// Pulls the next bytes to write on `stream`, packed by the core (up to
+    /// [`crate::MAX_TRANSMIT`]), or `None` when nothing is queued or its
+    /// window is full. A stream task calls it when its sink can take more,
+    /// and reports the bytes written with [`Client::handle_flushed`].
+    pub fn poll_transmit_on(&mut self, stream: StreamId) -> Option<Bytes> {
+        let data = transmit::pull(&mut self.streams, stream)?;
+        self.emitted(stream, data.len());
+        Some(data)
     }
 
     /// When [`Client::handle_timeout`] must next be called, if ever.
@@ -689,6 +696,27 @@ impl Client {
     }
 
     // ----- internals -----
+
+    /// `n` bytes of `stream` were handed out: requests whose last byte
+    /// just went out start their read phase once flushed.
+    fn emitted(&mut self, stream: StreamId, n: usize) {
+        self.metrics.bytes_written += n as u64;
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let emitted = s.tx.emitted;
+        for &wire in &s.attempts {
+            if self
+                .attempts
+                .get(&wire)
+                .is_some_and(|a| a.phase == Phase::Writing)
+                && !s.tx.out.contains(wire)
+                && !s.write_marks.iter().any(|&(_, w)| w == wire)
+            {
+                s.write_marks.push_back((emitted, wire));
+            }
+        }
+    }
 
     fn check_new(&self, body: &Bytes) -> Result<(), RequestError> {
         if self.closed {

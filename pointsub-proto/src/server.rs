@@ -10,9 +10,9 @@ use crate::error::{ConfigError, ServerError};
 use crate::frame::{self, Decoded, ErrorCode, Flags, FrameKind, MessageDecoder};
 use crate::metrics::{ConnectionInfo, ServerMetrics};
 use crate::timer::TimerTable;
-use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
+use crate::transmit::{self, HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, StreamId};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Longest handler error message sent back; longer ones are cut.
@@ -390,7 +390,11 @@ impl Server {
     }
 
     /// Bytes arrived on `stream`.
-    pub fn handle_data(&mut self, stream: StreamId, data: &[u8], now: Instant) {
+    ///
+    /// Takes the buffer over (a `BytesMut` read from the stream, or a
+    /// slice, copied): single-frame messages are handed on as slices of it.
+    pub fn handle_data(&mut self, stream: StreamId, data: impl Into<BytesMut>, now: Instant) {
+        let data = data.into();
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
@@ -400,7 +404,7 @@ impl Server {
         s.last_active = now;
         s.bytes_in += data.len() as u64;
         self.metrics.bytes_read += data.len() as u64;
-        s.decoder.push(data);
+        s.decoder.push_owned(data);
         // Whether a message ended in this read: a partial one after it
         // started now, not when an earlier one did.
         let mut completed = false;
@@ -508,6 +512,21 @@ impl Server {
         let t = next_transmit(&mut self.ready, &mut self.streams)?;
         self.metrics.bytes_written += t.data.len() as u64;
         Some(t)
+    }
+
+    /// The next stream with bytes to pull now with
+    /// [`Server::poll_transmit_on`] (see [`Client::poll_writable`](crate::Client::poll_writable)).
+    pub fn poll_writable(&mut self) -> Option<StreamId> {
+        transmit::next_writable(&mut self.ready, &mut self.streams)
+    }
+
+    /// Pulls the next bytes to write on `stream`, packed by the core, or
+    /// `None` when nothing is queued or its window is full (see
+    /// [`Client::poll_transmit_on`](crate::Client::poll_transmit_on)).
+    pub fn poll_transmit_on(&mut self, stream: StreamId) -> Option<Bytes> {
+        let data = transmit::pull(&mut self.streams, stream)?;
+        self.metrics.bytes_written += data.len() as u64;
+        Some(data)
     }
 
     /// When [`Server::handle_timeout`] must next be called, if ever.

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 use libp2p::{PeerId, StreamProtocol};
 use pointsub_proto::{
@@ -209,8 +209,8 @@ impl<R: Runtime> Side<R> for State {
                 _ => {}
             }
         }
-        while let Some(t) = self.core.poll_transmit() {
-            self.plumbing.push(t, wakers);
+        while let Some(id) = self.core.poll_writable() {
+            self.plumbing.writable(id, wakers);
         }
         self.plumbing.rearm(self.core.poll_timeout(), wakers);
         if self.core.is_closed() && !self.plumbing.stopped {
@@ -250,8 +250,12 @@ impl<R: Runtime> Side<R> for State {
         true
     }
 
-    fn handle_data(&mut self, id: StreamId, data: &[u8], now: Instant) {
+    fn handle_data(&mut self, id: StreamId, data: BytesMut, now: Instant) {
         self.core.handle_data(id, data, now);
+    }
+
+    fn pull(&mut self, id: StreamId) -> Option<Bytes> {
+        self.core.poll_transmit_on(id)
     }
 
     fn handle_flushed(&mut self, id: StreamId, n: usize, now: Instant) {

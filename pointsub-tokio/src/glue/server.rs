@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::{BoxFuture, Either};
 use futures::{FutureExt, StreamExt};
@@ -167,8 +167,8 @@ impl State {
                 _ => {}
             }
         }
-        while let Some(t) = self.core.poll_transmit() {
-            self.plumbing.push(t, wakers);
+        while let Some(id) = self.core.poll_writable() {
+            self.plumbing.writable(id, wakers);
         }
         self.plumbing.rearm(self.core.poll_timeout(), wakers);
         self.release_stop_waiters();
@@ -196,54 +196,27 @@ impl<R: Runtime> Side<R> for State {
         self.drain_into(now, wakers, jobs);
     }
 
-    /// Runs a handler for one request and answers with its result.
-    ///
-    /// The handler's future is polled once right here: one that is ready
-    /// at once (an echo, a cache hit) is answered without a task or a
-    /// wake-up, and its answer joins the stream's writes in the same pass.
-    /// Only a handler that has to wait gets a task of its own.
+    /// Runs a handler for one request and answers with its result (see
+    /// [`start_job`]).
     fn run(driver: &Arc<Shared<R>>, job: Job) {
-        let span = tracing::debug_span!(
-            "handle",
-            stream = %job.stream,
-            request = job.request_id,
-            peer = %job.peer,
-            protocol = %job.protocol,
-        );
-        let mut guard = RespondOnDrop {
-            shared: driver.clone(),
-            stream: job.stream,
-            request_id: job.request_id,
-            armed: true,
-        };
-        let Job {
-            peer,
-            body,
-            handler,
-            ..
-        } = job;
-        let mut answer =
-            Box::pin(AssertUnwindSafe(async move { handler(peer, body).await }).catch_unwind());
-        let first = {
-            let _entered = span.enter();
-            // A no-op waker is enough: if the handler is not ready, the
-            // task below polls it again at once with its own waker.
-            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-            answer.as_mut().poll(&mut cx)
-        };
-        match first {
-            Poll::Ready(result) => {
-                guard.respond(result.unwrap_or_else(|_| Err("handler panicked".to_owned())));
-            }
-            Poll::Pending => {
-                let task = async move {
-                    let result = answer
-                        .await
-                        .unwrap_or_else(|_| Err("handler panicked".to_owned()));
-                    guard.respond(result);
-                };
-                driver.node.runtime().spawn(Box::pin(task.instrument(span)));
-            }
+        if let Some((stream, id, result)) = start_job(driver, job) {
+            driver.with_core(|state, now| state.core.respond(stream, id, result, now));
+        }
+    }
+
+    /// Runs the handlers of one drain; those ready at once are answered
+    /// together, under one lock.
+    fn run_all(driver: &Arc<Shared<R>>, jobs: Vec<Job>) {
+        let answers: Vec<_> = jobs
+            .into_iter()
+            .filter_map(|job| start_job(driver, job))
+            .collect();
+        if !answers.is_empty() {
+            driver.with_core(|state, now| {
+                for (stream, id, result) in answers {
+                    state.core.respond(stream, id, result, now);
+                }
+            });
         }
     }
 
@@ -251,8 +224,12 @@ impl<R: Runtime> Side<R> for State {
         self.core.wants_data(id)
     }
 
-    fn handle_data(&mut self, id: StreamId, data: &[u8], now: Instant) {
+    fn handle_data(&mut self, id: StreamId, data: BytesMut, now: Instant) {
         self.core.handle_data(id, data, now);
+    }
+
+    fn pull(&mut self, id: StreamId) -> Option<Bytes> {
+        self.core.poll_transmit_on(id)
     }
 
     fn handle_flushed(&mut self, id: StreamId, n: usize, now: Instant) {
@@ -289,6 +266,67 @@ impl<R: Runtime> Side<R> for State {
 
     fn last_handle_dropped(driver: &Shared<R>) {
         driver.with_core(|state, now| state.core.shutdown(now, now));
+    }
+}
+
+/// Runs a handler for one request.
+///
+/// The handler's future is polled once right here: the answer of one that
+/// is ready at once (an echo, a cache hit) is returned, for the caller to
+/// give to the core without a task or a wake-up (its answer joins the
+/// stream's writes in the same pass). Only a handler that has to wait gets
+/// a task of its own, which answers by itself.
+fn start_job<R: Runtime>(
+    driver: &Arc<Shared<R>>,
+    job: Job,
+) -> Option<(StreamId, u64, Result<Bytes, String>)> {
+    let span = tracing::debug_span!(
+        "handle",
+        stream = %job.stream,
+        request = job.request_id,
+        peer = %job.peer,
+        protocol = %job.protocol,
+    );
+    let mut guard = RespondOnDrop {
+        shared: driver.clone(),
+        stream: job.stream,
+        request_id: job.request_id,
+        armed: true,
+    };
+    let Job {
+        peer,
+        body,
+        handler,
+        ..
+    } = job;
+    let mut answer =
+        Box::pin(AssertUnwindSafe(async move { handler(peer, body).await }).catch_unwind());
+    let first = {
+        let _entered = span.enter();
+        // A no-op waker is enough: if the handler is not ready, the
+        // task below polls it again at once with its own waker.
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        answer.as_mut().poll(&mut cx)
+    };
+    match first {
+        Poll::Ready(result) => {
+            guard.armed = false;
+            Some((
+                guard.stream,
+                guard.request_id,
+                result.unwrap_or_else(|_| Err("handler panicked".to_owned())),
+            ))
+        }
+        Poll::Pending => {
+            let task = async move {
+                let result = answer
+                    .await
+                    .unwrap_or_else(|_| Err("handler panicked".to_owned()));
+                guard.respond(result);
+            };
+            driver.node.runtime().spawn(Box::pin(task.instrument(span)));
+            None
+        }
     }
 }
 
