@@ -22,9 +22,22 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub struct SendOptions {
     /// End the request with [`RequestError::Timeout`] if it has not ended by then.
     pub deadline: Option<Instant>,
+    /// The body's deflated form, worked out by the caller before it calls
+    /// the core (outside any lock): `Some(Some(c))` the compressed body,
+    /// `Some(None)` not worth compressing; `None`: the core compresses when
+    /// it first needs to.
+    pub deflated: Option<Option<Bytes>>,
 }
 
 impl SendOptions {
+    /// Sets the body's deflated form (see [`SendOptions::deflated`]), as
+    /// [`compress::compress`] returns it.
+    #[must_use]
+    pub fn with_deflated(mut self, deflated: Option<Bytes>) -> Self {
+        self.deflated = Some(deflated);
+        self
+    }
+
     /// Sets the overall deadline.
     #[must_use]
     pub fn with_deadline(mut self, deadline: Instant) -> Self {
@@ -45,6 +58,11 @@ pub struct ClosestOptions {
     pub hedge: usize,
     /// Overall deadline, as in [`SendOptions::deadline`].
     pub deadline: Option<Instant>,
+    /// The SHA-256 of the routing key (of the body when it has none),
+    /// worked out by the caller outside any lock; `None`: the core hashes.
+    pub key_hash: Option<[u8; 32]>,
+    /// As [`SendOptions::deflated`].
+    pub deflated: Option<Option<Bytes>>,
 }
 
 impl Default for ClosestOptions {
@@ -54,6 +72,8 @@ impl Default for ClosestOptions {
             exclude: Vec::new(),
             hedge: 1,
             deadline: None,
+            key_hash: None,
+            deflated: None,
         }
     }
 }
@@ -81,6 +101,19 @@ impl ClosestOptions {
     #[must_use]
     pub fn with_deadline(mut self, deadline: Instant) -> Self {
         self.deadline = Some(deadline);
+        self
+    }
+    /// Sets the routing key's hash, [`route::key_hash`] of the routing key
+    /// (or of the body), so the core need not hash under the caller's lock.
+    #[must_use]
+    pub fn with_key_hash(mut self, hash: [u8; 32]) -> Self {
+        self.key_hash = Some(hash);
+        self
+    }
+    /// Sets the body's deflated form (see [`SendOptions::deflated`]).
+    #[must_use]
+    pub fn with_deflated(mut self, deflated: Option<Bytes>) -> Self {
+        self.deflated = Some(deflated);
         self
     }
 }
@@ -437,7 +470,15 @@ impl Client {
         if peer == self.local {
             return Err(RequestError::SelfSend);
         }
-        Ok(self.start(protocol, body, Target::Peer(peer), 1, opts.deadline, now))
+        Ok(self.start(
+            protocol,
+            body,
+            opts.deflated,
+            Target::Peer(peer),
+            1,
+            opts.deadline,
+            now,
+        ))
     }
 
     /// Sends to the closest node of `protocol` (SHA-256 XOR distance to the
@@ -450,7 +491,10 @@ impl Client {
         now: Instant,
     ) -> Result<RequestId, RequestError> {
         self.check_new(&body)?;
-        let hash = route::key_hash(opts.routing_key.as_deref().unwrap_or(&body));
+        let hash = match opts.key_hash {
+            Some(hash) => hash,
+            None => route::key_hash(opts.routing_key.as_deref().unwrap_or(&body)),
+        };
         let order = self
             .router
             .order_hashed(&protocol, &hash, &opts.exclude, now)?;
@@ -459,6 +503,7 @@ impl Client {
         Ok(self.start(
             protocol,
             body,
+            opts.deflated,
             Target::Closest { order, next: 0 },
             hedge,
             opts.deadline,
@@ -732,10 +777,12 @@ impl Client {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &mut self,
         protocol: Protocol,
         body: Bytes,
+        deflated: Option<Option<Bytes>>,
         target: Target,
         width: usize,
         deadline: Option<Instant>,
@@ -749,7 +796,7 @@ impl Client {
             Req {
                 protocol,
                 body,
-                compressed: None,
+                compressed: deflated,
                 target,
                 attempts: 0,
                 live: Vec::new(),

@@ -281,6 +281,32 @@ impl Server {
         result: Result<Bytes, String>,
         now: Instant,
     ) {
+        self.respond_with(stream, request_id, result, None, now)
+    }
+
+    /// Whether the answer to this request goes out deflated when worth it
+    /// (compression on here, and the client accepts it): an adapter then
+    /// compresses the body before it calls [`Server::respond_with`],
+    /// outside its lock. False for an unknown request.
+    pub fn accepts_deflate(&self, stream: StreamId, request_id: u64) -> bool {
+        self.cfg.compression
+            && self
+                .handling
+                .get(&(stream, request_id))
+                .is_some_and(|h| h.accept_deflate)
+    }
+
+    /// [`Server::respond`] with the body's deflated form worked out by the
+    /// caller, as [`compress::compress`] returns it (`Some(None)`: not
+    /// worth it); `None`: the core compresses if it should.
+    pub fn respond_with(
+        &mut self,
+        stream: StreamId,
+        request_id: u64,
+        result: Result<Bytes, String>,
+        deflated: Option<Option<Bytes>>,
+        now: Instant,
+    ) {
         let Some(h) = self.handling.remove(&(stream, request_id)) else {
             return; // answered already, or abandoned at shutdown
         };
@@ -305,12 +331,15 @@ impl Server {
                 Ok(body) => {
                     let mut flags = self.own_flags();
                     let mut body = body;
-                    if self.cfg.compression
-                        && h.accept_deflate
-                        && let Some(c) = compress::compress(&body, self.cfg.compression_threshold)
-                    {
-                        body = c;
-                        flags = flags.with(Flags::COMPRESSED);
+                    if self.cfg.compression && h.accept_deflate {
+                        let c = match deflated {
+                            Some(c) => c,
+                            None => compress::compress(&body, self.cfg.compression_threshold),
+                        };
+                        if let Some(c) = c {
+                            body = c;
+                            flags = flags.with(Flags::COMPRESSED);
+                        }
                     }
                     self.push(stream, FrameKind::Response, request_id, flags, body);
                     self.metrics.succeeded += 1;

@@ -140,6 +140,9 @@ fn protocol_name(name: &str) -> Result<Protocol, RequestError> {
 #[derive(Clone)]
 pub struct Client<R: Runtime> {
     handle: Arc<UserHandle<R, State>>,
+    /// The compression threshold when compression is on: bodies at least
+    /// this long are deflated before the core's lock is taken.
+    deflate: Option<usize>,
 }
 
 impl<R: Runtime> fmt::Debug for Client<R> {
@@ -419,6 +422,7 @@ impl<R: Runtime> Client<R> {
     /// own swarm. The client closes by itself when the host's swarm is
     /// dropped: its requests then end with [`RequestError::Closed`].
     pub fn new(host: &Host<R>, config: ClientConfig) -> Result<Self, ConfigError> {
+        let deflate = config.compression.then_some(config.compression_threshold);
         let core = pointsub_proto::Client::new(peer_key(&host.peer_id()), config)?;
         let shared = Driver::start(
             host,
@@ -431,11 +435,20 @@ impl<R: Runtime> Client<R> {
         );
         Ok(Self {
             handle: Arc::new(UserHandle { driver: shared }),
+            deflate,
         })
     }
 
     fn shared(&self) -> &Shared<R> {
         &self.handle.driver
+    }
+
+    /// The body's deflated form, worked out here, outside the core's lock
+    /// (`None` when compression is off or the body is below the threshold:
+    /// the core then sends it as it is).
+    fn deflated(&self, body: &Bytes) -> Option<Option<Bytes>> {
+        let threshold = self.deflate?;
+        (body.len() >= threshold).then(|| pointsub_proto::compress::compress(body, threshold))
     }
 
     /// The host this client sends from (a node's, or an embedding
@@ -488,10 +501,13 @@ impl<R: Runtime> Client<R> {
         let shared = self.shared();
         let span = tracing::debug_span!("send", %peer, %protocol, size = body.len());
         let deadline = timeout.map(|t| shared.clock.after(shared.node.runtime(), t));
-        let opts = match deadline {
+        let mut opts = match deadline {
             Some(d) => pointsub_proto::SendOptions::default().with_deadline(d),
             None => pointsub_proto::SendOptions::default(),
         };
+        if let Some(deflated) = self.deflated(&body) {
+            opts = opts.with_deflated(deflated);
+        }
         let key = peer_key(&peer);
         shared
             .request(move |core, now| core.send_with(key, protocol, body, opts, now))
@@ -529,6 +545,13 @@ impl<R: Runtime> Client<R> {
         let mut opts = pointsub_proto::ClosestOptions::default()
             .with_exclude(options.exclude.iter().map(peer_key).collect())
             .with_hedge(options.hedge);
+        // The key's hash and the body's deflated form are worked out
+        // here, not under the core's lock.
+        let hash = pointsub_proto::route::key_hash(options.routing_key.as_deref().unwrap_or(&body));
+        opts = opts.with_key_hash(hash);
+        if let Some(deflated) = self.deflated(&body) {
+            opts = opts.with_deflated(deflated);
+        }
         if let Some(key) = options.routing_key {
             opts = opts.with_routing_key(key);
         }

@@ -116,6 +116,27 @@ pub(crate) struct Job {
     protocol: Protocol,
     body: Bytes,
     handler: Handler,
+    /// The compression threshold if the answer goes out deflated when
+    /// worth it: the handler's body is then compressed outside the lock.
+    deflate: Option<usize>,
+}
+
+/// An answer ready for the core: the request, the handler's result and,
+/// worked out outside the lock, the body's deflated form.
+type Answer = (StreamId, u64, Result<Bytes, String>, Option<Option<Bytes>>);
+
+/// Deflates an answer's body when `deflate` says so (see [`Job::deflate`]).
+fn deflated_answer(
+    stream: StreamId,
+    request_id: u64,
+    result: Result<Bytes, String>,
+    deflate: Option<usize>,
+) -> Answer {
+    let deflated = match (&result, deflate) {
+        (Ok(body), Some(threshold)) => Some(pointsub_proto::compress::compress(body, threshold)),
+        _ => None,
+    };
+    (stream, request_id, result, deflated)
 }
 
 type Shared<R> = Driver<R, State>;
@@ -140,6 +161,10 @@ impl State {
                             protocol,
                             body,
                             handler,
+                            deflate: self
+                                .core
+                                .accepts_deflate(stream, request_id)
+                                .then_some(self.core.config().compression_threshold),
                         }),
                         _ => self.core.respond(
                             stream,
@@ -199,8 +224,9 @@ impl<R: Runtime> Side<R> for State {
     /// Runs a handler for one request and answers with its result (see
     /// [`start_job`]).
     fn run(driver: &Arc<Shared<R>>, job: Job) {
-        if let Some((stream, id, result)) = start_job(driver, job) {
-            driver.with_core(|state, now| state.core.respond(stream, id, result, now));
+        if let Some((stream, id, result, deflated)) = start_job(driver, job) {
+            driver
+                .with_core(|state, now| state.core.respond_with(stream, id, result, deflated, now));
         }
     }
 
@@ -213,8 +239,8 @@ impl<R: Runtime> Side<R> for State {
             .collect();
         if !answers.is_empty() {
             driver.with_core(|state, now| {
-                for (stream, id, result) in answers {
-                    state.core.respond(stream, id, result, now);
+                for (stream, id, result, deflated) in answers {
+                    state.core.respond_with(stream, id, result, deflated, now);
                 }
             });
         }
@@ -276,10 +302,7 @@ impl<R: Runtime> Side<R> for State {
 /// give to the core without a task or a wake-up (its answer joins the
 /// stream's writes in the same pass). Only a handler that has to wait gets
 /// a task of its own, which answers by itself.
-fn start_job<R: Runtime>(
-    driver: &Arc<Shared<R>>,
-    job: Job,
-) -> Option<(StreamId, u64, Result<Bytes, String>)> {
+fn start_job<R: Runtime>(driver: &Arc<Shared<R>>, job: Job) -> Option<Answer> {
     let span = tracing::debug_span!(
         "handle",
         stream = %job.stream,
@@ -291,6 +314,7 @@ fn start_job<R: Runtime>(
         shared: driver.clone(),
         stream: job.stream,
         request_id: job.request_id,
+        deflate: job.deflate,
         armed: true,
     };
     let Job {
@@ -311,10 +335,12 @@ fn start_job<R: Runtime>(
     match first {
         Poll::Ready(result) => {
             guard.armed = false;
-            Some((
+            let result = result.unwrap_or_else(|_| Err("handler panicked".to_owned()));
+            Some(deflated_answer(
                 guard.stream,
                 guard.request_id,
-                result.unwrap_or_else(|_| Err("handler panicked".to_owned())),
+                result,
+                guard.deflate,
             ))
         }
         Poll::Pending => {
@@ -365,15 +391,17 @@ struct RespondOnDrop<R: Runtime> {
     shared: Arc<Shared<R>>,
     stream: StreamId,
     request_id: u64,
+    deflate: Option<usize>,
     armed: bool,
 }
 
 impl<R: Runtime> RespondOnDrop<R> {
     fn respond(&mut self, result: Result<Bytes, String>) {
         if std::mem::replace(&mut self.armed, false) {
-            let (stream, id) = (self.stream, self.request_id);
+            let (stream, id, result, deflated) =
+                deflated_answer(self.stream, self.request_id, result, self.deflate);
             self.shared
-                .with_core(|state, now| state.core.respond(stream, id, result, now));
+                .with_core(|state, now| state.core.respond_with(stream, id, result, deflated, now));
         }
     }
 }
