@@ -375,7 +375,7 @@ impl Pair {
         while let Some(t) = self.client.poll_transmit() {
             self.client.handle_flushed(t.stream, t.data.len(), now);
             let ss = self.c2s[t.stream.0 as usize].expect("paired stream");
-            self.server.handle_data(ss, &t.data, now);
+            self.server.handle_data(ss, &t.data[..], now);
         }
         while let Some(ev) = self.server.poll_event() {
             match ev {
@@ -391,7 +391,7 @@ impl Pair {
         while let Some(t) = self.server.poll_transmit() {
             self.server.handle_flushed(t.stream, t.data.len(), now);
             let cs = self.s2c[t.stream.0 as usize].expect("paired stream");
-            self.client.handle_data(cs, &t.data, now);
+            self.client.handle_data(cs, &t.data[..], now);
         }
     }
 }

@@ -11,9 +11,10 @@ use crate::pool::{Acquire, GrantKind, PoolStats, StreamPool};
 use crate::retry::{Backoff, Rng};
 use crate::route::{self, NodeSource, Router};
 use crate::stats::{self, AttemptKind, ClientBook, ClientStats};
-use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
+use crate::timer::TimerTable;
+use crate::transmit::{self, HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, RequestId, StreamId};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Options of one [`Client::send_with`] call.
@@ -22,9 +23,22 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub struct SendOptions {
     /// End the request with [`RequestError::Timeout`] if it has not ended by then.
     pub deadline: Option<Instant>,
+    /// The body's deflated form, worked out by the caller before it calls
+    /// the core (outside any lock): `Some(Some(c))` the compressed body,
+    /// `Some(None)` not worth compressing; `None`: the core compresses when
+    /// it first needs to.
+    pub deflated: Option<Option<Bytes>>,
 }
 
 impl SendOptions {
+    /// Sets the body's deflated form (see [`SendOptions::deflated`]), as
+    /// [`compress::compress`] returns it.
+    #[must_use]
+    pub fn with_deflated(mut self, deflated: Option<Bytes>) -> Self {
+        self.deflated = Some(deflated);
+        self
+    }
+
     /// Sets the overall deadline.
     #[must_use]
     pub fn with_deadline(mut self, deadline: Instant) -> Self {
@@ -45,6 +59,11 @@ pub struct ClosestOptions {
     pub hedge: usize,
     /// Overall deadline, as in [`SendOptions::deadline`].
     pub deadline: Option<Instant>,
+    /// The SHA-256 of the routing key (of the body when it has none),
+    /// worked out by the caller outside any lock; `None`: the core hashes.
+    pub key_hash: Option<[u8; 32]>,
+    /// As [`SendOptions::deflated`].
+    pub deflated: Option<Option<Bytes>>,
 }
 
 impl Default for ClosestOptions {
@@ -54,6 +73,8 @@ impl Default for ClosestOptions {
             exclude: Vec::new(),
             hedge: 1,
             deadline: None,
+            key_hash: None,
+            deflated: None,
         }
     }
 }
@@ -81,6 +102,19 @@ impl ClosestOptions {
     #[must_use]
     pub fn with_deadline(mut self, deadline: Instant) -> Self {
         self.deadline = Some(deadline);
+        self
+    }
+    /// Sets the routing key's hash, [`route::key_hash`] of the routing key
+    /// (or of the body), so the core need not hash under the caller's lock.
+    #[must_use]
+    pub fn with_key_hash(mut self, hash: [u8; 32]) -> Self {
+        self.key_hash = Some(hash);
+        self
+    }
+    /// Sets the body's deflated form (see [`SendOptions::deflated`]).
+    #[must_use]
+    pub fn with_deflated(mut self, deflated: Option<Bytes>) -> Self {
+        self.deflated = Some(deflated);
         self
     }
 }
@@ -194,7 +228,6 @@ struct Req {
     attempts: u32,
     live: Vec<u64>,
     retry_at: Option<Instant>,
-    deadline: Option<Instant>,
     /// Send-closest: each node that failed so far, with its last failure,
     /// in the order first tried.
     failures: Vec<NodeFailure>,
@@ -252,13 +285,11 @@ struct Attempt {
     node: PeerKey,
     stream: Option<StreamId>,
     phase: Phase,
-    deadline: Instant,
 }
 
 struct Stream {
     key: PoolKey,
     open: bool,
-    open_deadline: Instant,
     decoder: MessageDecoder,
     tx: Outgoing,
     attempts: BTreeSet<u64>,
@@ -311,7 +342,7 @@ pub struct Client {
     attempts: BTreeMap<u64, Attempt>,
     streams: BTreeMap<StreamId, Stream>,
     ready: VecDeque<StreamId>,
-    timers: BTreeSet<(Instant, Timer)>,
+    timers: TimerTable<Timer>,
     events: VecDeque<ClientEvent>,
     /// Whether a peer said it accepts deflate (learned from its frames).
     peer_deflate: BTreeMap<PeerKey, bool>,
@@ -344,7 +375,7 @@ impl Client {
             attempts: BTreeMap::new(),
             streams: BTreeMap::new(),
             ready: VecDeque::new(),
-            timers: BTreeSet::new(),
+            timers: TimerTable::new(),
             events: VecDeque::new(),
             peer_deflate: BTreeMap::new(),
             direct_paths: BTreeSet::new(),
@@ -519,7 +550,15 @@ impl Client {
         if peer == self.local {
             return Err(RequestError::SelfSend);
         }
-        Ok(self.start(protocol, body, Target::Peer(peer), 1, opts.deadline, now))
+        Ok(self.start(
+            protocol,
+            body,
+            opts.deflated,
+            Target::Peer(peer),
+            1,
+            opts.deadline,
+            now,
+        ))
     }
 
     /// Sends to the closest node of `protocol` (SHA-256 XOR distance to the
@@ -532,7 +571,10 @@ impl Client {
         now: Instant,
     ) -> Result<RequestId, RequestError> {
         self.check_new(&body)?;
-        let hash = route::key_hash(opts.routing_key.as_deref().unwrap_or(&body));
+        let hash = match opts.key_hash {
+            Some(hash) => hash,
+            None => route::key_hash(opts.routing_key.as_deref().unwrap_or(&body)),
+        };
         let order = self
             .router
             .order_hashed(&protocol, &hash, &opts.exclude, now)?;
@@ -541,6 +583,7 @@ impl Client {
         Ok(self.start(
             protocol,
             body,
+            opts.deflated,
             Target::Closest { order, next: 0 },
             hedge,
             opts.deadline,
@@ -596,8 +639,7 @@ impl Client {
         s.open = true;
         s.opened_at = now;
         s.last_active = now;
-        let deadline = s.open_deadline;
-        self.timers.remove(&(deadline, Timer::Open(stream)));
+        self.timers.stop(Timer::Open(stream));
         self.pool.opened(stream, now);
         let waiting: Vec<u64> = s.attempts.iter().copied().collect();
         for wire in waiting {
@@ -628,7 +670,11 @@ impl Client {
     }
 
     /// Bytes arrived on `stream`.
-    pub fn handle_data(&mut self, stream: StreamId, data: &[u8], now: Instant) {
+    ///
+    /// Takes the buffer over (a `BytesMut` read from the stream, or a
+    /// slice, copied): single-frame messages are handed on as slices of it.
+    pub fn handle_data(&mut self, stream: StreamId, data: impl Into<BytesMut>, now: Instant) {
+        let data = data.into();
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
@@ -636,7 +682,7 @@ impl Client {
         s.bytes_in += data.len() as u64;
         self.metrics.bytes_read += data.len() as u64;
         self.stats.wire_received(&s.key.1, data.len());
-        s.decoder.push(data);
+        s.decoder.push_owned(data);
         loop {
             let Some(s) = self.streams.get_mut(&stream) else {
                 return;
@@ -683,11 +729,8 @@ impl Client {
             if let Some(a) = self.attempts.get_mut(&wire)
                 && a.phase == Phase::Writing
             {
-                let old = a.deadline;
                 a.phase = Phase::Reading;
-                a.deadline = read_deadline;
-                self.timers.remove(&(old, Timer::Attempt(wire)));
-                self.timers.insert((read_deadline, Timer::Attempt(wire)));
+                self.timers.set(Timer::Attempt(wire), read_deadline);
             }
         }
     }
@@ -767,11 +810,7 @@ impl Client {
     /// Time passed: fire every deadline due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.stats.fire(now, &mut self.events);
-        while let Some(&(at, timer)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Attempt(wire) => self.on_attempt_deadline(wire, now),
                 Timer::Retry(id) => self.on_retry(id, now),
@@ -808,29 +847,31 @@ impl Client {
     /// [`crate::STREAM_WINDOW`] bytes unflushed waits for [`Client::handle_flushed`].
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = next_transmit(&mut self.ready, &mut self.streams)?;
-        self.metrics.bytes_written += t.data.len() as u64;
-        if let Some(s) = self.streams.get_mut(&t.stream) {
-            self.stats.wire_sent(&s.key.1, t.data.len());
-            // Requests whose last byte just went out start their read phase once flushed.
-            let emitted = s.tx.emitted;
-            for &wire in &s.attempts {
-                if self
-                    .attempts
-                    .get(&wire)
-                    .is_some_and(|a| a.phase == Phase::Writing)
-                    && !s.tx.out.contains(wire)
-                    && !s.write_marks.iter().any(|&(_, w)| w == wire)
-                {
-                    s.write_marks.push_back((emitted, wire));
-                }
-            }
-        }
+        self.emitted(t.stream, t.data.len());
         Some(t)
+    }
+
+    /// The next stream with bytes to pull now with
+    /// [`Client::poll_transmit_on`]: an adapter whose stream tasks pull
+    /// their own bytes wakes the task of each stream this returns. A
+    /// stream comes back once it has news (bytes queued, window reopened).
+    pub fn poll_writable(&mut self) -> Option<StreamId> {
+        transmit::next_writable(&mut self.ready, &mut self.streams)
+    }
+
+    /// Pulls the next bytes to write on `stream`, packed by the core (up to
+    /// [`crate::MAX_TRANSMIT`]), or `None` when nothing is queued or its
+    /// window is full. A stream task calls it when its sink can take more,
+    /// and reports the bytes written with [`Client::handle_flushed`].
+    pub fn poll_transmit_on(&mut self, stream: StreamId) -> Option<Bytes> {
+        let data = transmit::pull(&mut self.streams, stream)?;
+        self.emitted(stream, data.len());
+        Some(data)
     }
 
     /// When [`Client::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = self.timers.first().map(|(at, _)| *at);
+        let t = self.timers.next_deadline();
         let t = stats::earliest(t, self.stats.next_timeout());
         match (t, self.pool.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -839,6 +880,28 @@ impl Client {
     }
 
     // ----- internals -----
+
+    /// `n` bytes of `stream` were handed out: requests whose last byte
+    /// just went out start their read phase once flushed.
+    fn emitted(&mut self, stream: StreamId, n: usize) {
+        self.metrics.bytes_written += n as u64;
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        self.stats.wire_sent(&s.key.1, n);
+        let emitted = s.tx.emitted;
+        for &wire in &s.attempts {
+            if self
+                .attempts
+                .get(&wire)
+                .is_some_and(|a| a.phase == Phase::Writing)
+                && !s.tx.out.contains(wire)
+                && !s.write_marks.iter().any(|&(_, w)| w == wire)
+            {
+                s.write_marks.push_back((emitted, wire));
+            }
+        }
+    }
 
     fn check_new(&self, body: &Bytes) -> Result<(), RequestError> {
         if self.closed {
@@ -854,10 +917,12 @@ impl Client {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &mut self,
         protocol: Protocol,
         body: Bytes,
+        deflated: Option<Option<Bytes>>,
         target: Target,
         width: usize,
         deadline: Option<Instant>,
@@ -876,18 +941,17 @@ impl Client {
             Req {
                 protocol,
                 body,
-                compressed: None,
+                compressed: deflated,
                 target,
                 attempts: 0,
                 live: Vec::new(),
                 retry_at: None,
-                deadline,
                 failures: Vec::new(),
                 ruled_out: BTreeSet::new(),
             },
         );
         if let Some(d) = deadline {
-            self.timers.insert((d, Timer::Deadline(id)));
+            self.timers.set(Timer::Deadline(id), d);
         }
         for _ in 0..width {
             self.start_attempt(id, now);
@@ -942,7 +1006,6 @@ impl Client {
                 node,
                 stream: None,
                 phase: Phase::Queued,
-                deadline: Instant::MAX,
             },
         );
         let acq = self.pool.acquire(&key, wire, now);
@@ -972,7 +1035,7 @@ impl Client {
             return;
         };
         let open_deadline = now + self.cfg.connect_timeout;
-        self.timers.insert((open_deadline, Timer::Open(stream)));
+        self.timers.set(Timer::Open(stream), open_deadline);
         self.metrics.streams_opened += 1;
         self.events.push_back(ClientEvent::OpenStream {
             stream,
@@ -984,7 +1047,6 @@ impl Client {
             Stream {
                 key,
                 open: false,
-                open_deadline,
                 decoder: MessageDecoder::new(self.cfg.max_block_size),
                 tx: Outgoing::new(),
                 attempts: BTreeSet::new(),
@@ -1005,25 +1067,21 @@ impl Client {
         };
         s.attempts.insert(wire);
         s.requests += 1;
-        let open_deadline = s.open_deadline;
         let open = s.open;
         if let Some(a) = self.attempts.get_mut(&wire) {
             a.stream = Some(stream);
         }
         if !open && let Some(a) = self.attempts.get_mut(&wire) {
             // The stream's own open timer bounds this phase: no attempt timer.
-            self.timers.remove(&(a.deadline, Timer::Attempt(wire)));
+            self.timers.stop(Timer::Attempt(wire));
             a.phase = Phase::Opening;
-            a.deadline = open_deadline;
         }
     }
 
     fn set_attempt_deadline(&mut self, wire: u64, phase: Phase, deadline: Instant) {
         if let Some(a) = self.attempts.get_mut(&wire) {
-            self.timers.remove(&(a.deadline, Timer::Attempt(wire)));
             a.phase = phase;
-            a.deadline = deadline;
-            self.timers.insert((deadline, Timer::Attempt(wire)));
+            self.timers.set(Timer::Attempt(wire), deadline);
         }
     }
 
@@ -1195,7 +1253,7 @@ impl Client {
     /// slot (the stream stays usable), otherwise the caller discards the stream.
     fn detach(&mut self, wire: u64, healthy: bool, now: Instant) -> Option<Attempt> {
         let a = self.attempts.remove(&wire)?;
-        self.timers.remove(&(a.deadline, Timer::Attempt(wire)));
+        self.timers.stop(Timer::Attempt(wire));
         if let Some(req) = self.requests.get_mut(&a.req) {
             req.live.retain(|&w| w != wire);
         }
@@ -1278,7 +1336,7 @@ impl Client {
             let delay = self.backoff.delay(req.attempts, &mut self.rng);
             let at = now + delay;
             req.retry_at = Some(at);
-            self.timers.insert((at, Timer::Retry(a.req)));
+            self.timers.set(Timer::Retry(a.req), at);
         }
     }
 
@@ -1300,8 +1358,8 @@ impl Client {
         if close {
             self.events.push_back(ClientEvent::CloseStream { stream });
         }
-        if let Some(s) = self.streams.remove(&stream) {
-            self.timers.remove(&(s.open_deadline, Timer::Open(stream)));
+        if self.streams.remove(&stream).is_some() {
+            self.timers.stop(Timer::Open(stream));
         }
         for wire in wires {
             let phase = self.attempts.get(&wire).map(|a| a.phase);
@@ -1319,12 +1377,8 @@ impl Client {
         let Some(req) = self.requests.remove(&id) else {
             return;
         };
-        if let Some(d) = req.deadline {
-            self.timers.remove(&(d, Timer::Deadline(id)));
-        }
-        if let Some(at) = req.retry_at {
-            self.timers.remove(&(at, Timer::Retry(id)));
-        }
+        self.timers.stop(Timer::Deadline(id));
+        self.timers.stop(Timer::Retry(id));
         for wire in req.live {
             let Some(a) = self.attempts.get(&wire) else {
                 continue;
@@ -1404,8 +1458,8 @@ impl Client {
     }
 
     fn forget_stream(&mut self, stream: StreamId) {
-        if let Some(s) = self.streams.remove(&stream) {
-            self.timers.remove(&(s.open_deadline, Timer::Open(stream)));
+        if self.streams.remove(&stream).is_some() {
+            self.timers.stop(Timer::Open(stream));
             self.events.push_back(ClientEvent::CloseStream { stream });
         }
     }

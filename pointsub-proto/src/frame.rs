@@ -517,6 +517,31 @@ impl FrameDecoder {
         self.buf.extend_from_slice(data);
     }
 
+    /// Appends a buffer read from the stream, taking it over: when
+    /// nothing is buffered (the common case between whole frames) it
+    /// becomes the receive buffer, and the payloads returned are slices of
+    /// it, without a copy. Ignored once the decoder failed.
+    pub fn push_owned(&mut self, mut data: BytesMut) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.skip > 0 {
+            debug_assert!(self.buf.is_empty());
+            let n = self.skip.min(data.len());
+            self.skip -= n;
+            data.advance(n);
+        }
+        if data.is_empty() {
+            return;
+        }
+        if self.buf.is_empty() {
+            self.buf = data;
+        } else {
+            self.reserve(data.len());
+            self.buf.extend_from_slice(&data);
+        }
+    }
+
     /// The next complete frame, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         let Some(header) = self.poll_header()? else {
@@ -825,6 +850,18 @@ impl MessageDecoder {
             }
         }
         self.frames.push(data);
+    }
+
+    /// Appends a buffer read from the stream, taking it over (see
+    /// [`FrameDecoder::push_owned`]): single-frame messages are then slices
+    /// of the caller's buffer. The chunks of a message being reassembled
+    /// are copied into it, as with [`push`](Self::push).
+    pub fn push_owned(&mut self, data: BytesMut) {
+        if self.current.is_some() {
+            self.push(&data);
+        } else {
+            self.frames.push_owned(data);
+        }
     }
 
     /// The next message (or oversize notice); `Ok(None)` if more bytes are needed.

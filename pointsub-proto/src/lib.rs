@@ -41,6 +41,7 @@ pub mod route;
 pub mod server;
 pub mod stats;
 mod time;
+mod timer;
 mod transmit;
 
 pub use client::{Client, ClientEvent, ClosestOptions, OpenFailure, Response, SendOptions};

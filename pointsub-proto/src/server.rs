@@ -10,9 +10,10 @@ use crate::error::{ConfigError, ServerError};
 use crate::frame::{self, Decoded, ErrorCode, Flags, FrameKind, MessageDecoder};
 use crate::metrics::{ConnectionInfo, ServerMetrics};
 use crate::stats::{self, ServerBook, ServerStats};
-use crate::transmit::{HasOutgoing, Outgoing, Transmit, next_transmit};
+use crate::timer::TimerTable;
+use crate::transmit::{self, HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, StreamId};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Longest handler error message sent back; longer ones are cut.
@@ -139,7 +140,7 @@ pub struct Server {
     streams_per_peer: BTreeMap<PeerKey, usize>,
     handling: BTreeMap<(StreamId, u64), Handling>,
     ready: VecDeque<StreamId>,
-    timers: BTreeSet<(Instant, Timer)>,
+    timers: TimerTable<Timer>,
     events: VecDeque<ServerEvent>,
     next_stream: u64,
     next_adjust: Option<Instant>,
@@ -166,7 +167,7 @@ impl Server {
             streams_per_peer: BTreeMap::new(),
             handling: BTreeMap::new(),
             ready: VecDeque::new(),
-            timers: BTreeSet::new(),
+            timers: TimerTable::new(),
             events: VecDeque::new(),
             next_stream: 1,
             next_adjust: None,
@@ -295,7 +296,7 @@ impl Server {
             return;
         }
         self.shutdown = Some(deadline);
-        self.timers.insert((deadline, Timer::Shutdown));
+        self.timers.set(Timer::Shutdown, deadline);
         self.check_stopped(now);
     }
 
@@ -306,6 +307,32 @@ impl Server {
         stream: StreamId,
         request_id: u64,
         result: Result<Bytes, String>,
+        now: Instant,
+    ) {
+        self.respond_with(stream, request_id, result, None, now)
+    }
+
+    /// Whether the answer to this request goes out deflated when worth it
+    /// (compression on here, and the client accepts it): an adapter then
+    /// compresses the body before it calls [`Server::respond_with`],
+    /// outside its lock. False for an unknown request.
+    pub fn accepts_deflate(&self, stream: StreamId, request_id: u64) -> bool {
+        self.cfg.compression
+            && self
+                .handling
+                .get(&(stream, request_id))
+                .is_some_and(|h| h.accept_deflate)
+    }
+
+    /// [`Server::respond`] with the body's deflated form worked out by the
+    /// caller, as [`compress::compress`] returns it (`Some(None)`: not
+    /// worth it); `None`: the core compresses if it should.
+    pub fn respond_with(
+        &mut self,
+        stream: StreamId,
+        request_id: u64,
+        result: Result<Bytes, String>,
+        deflated: Option<Option<Bytes>>,
         now: Instant,
     ) {
         let Some(h) = self.handling.remove(&(stream, request_id)) else {
@@ -340,12 +367,15 @@ impl Server {
                 Ok(body) => {
                     let mut flags = self.own_flags();
                     let mut body = body;
-                    if self.cfg.compression
-                        && h.accept_deflate
-                        && let Some(c) = compress::compress(&body, self.cfg.compression_threshold)
-                    {
-                        body = c;
-                        flags = flags.with(Flags::COMPRESSED);
+                    if self.cfg.compression && h.accept_deflate {
+                        let c = match deflated {
+                            Some(c) => c,
+                            None => compress::compress(&body, self.cfg.compression_threshold),
+                        };
+                        if let Some(c) = c {
+                            body = c;
+                            flags = flags.with(Flags::COMPRESSED);
+                        }
                     }
                     self.push(stream, FrameKind::Response, request_id, flags, body);
                     self.metrics.succeeded += 1;
@@ -425,7 +455,11 @@ impl Server {
     }
 
     /// Bytes arrived on `stream`.
-    pub fn handle_data(&mut self, stream: StreamId, data: &[u8], now: Instant) {
+    ///
+    /// Takes the buffer over (a `BytesMut` read from the stream, or a
+    /// slice, copied): single-frame messages are handed on as slices of it.
+    pub fn handle_data(&mut self, stream: StreamId, data: impl Into<BytesMut>, now: Instant) {
+        let data = data.into();
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
@@ -436,7 +470,7 @@ impl Server {
         s.bytes_in += data.len() as u64;
         self.metrics.bytes_read += data.len() as u64;
         self.stats.wire_received(&s.protocol, data.len());
-        s.decoder.push(data);
+        s.decoder.push_owned(data);
         // Whether a message ended in this read: a partial one after it
         // started now, not when an earlier one did.
         let mut completed = false;
@@ -520,11 +554,7 @@ impl Server {
     /// Time passed: fire what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.stats.fire(now, &mut self.events);
-        while let Some(&(at, timer)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Stream(stream) => self.on_stream_deadline(stream, now),
                 Timer::Adjust => {
@@ -557,10 +587,26 @@ impl Server {
         Some(t)
     }
 
+    /// The next stream with bytes to pull now with
+    /// [`Server::poll_transmit_on`] (see [`Client::poll_writable`](crate::Client::poll_writable)).
+    pub fn poll_writable(&mut self) -> Option<StreamId> {
+        transmit::next_writable(&mut self.ready, &mut self.streams)
+    }
+
+    /// Pulls the next bytes to write on `stream`, packed by the core, or
+    /// `None` when nothing is queued or its window is full (see
+    /// [`Client::poll_transmit_on`](crate::Client::poll_transmit_on)).
+    pub fn poll_transmit_on(&mut self, stream: StreamId) -> Option<Bytes> {
+        let data = transmit::pull(&mut self.streams, stream)?;
+        self.metrics.bytes_written += data.len() as u64;
+        self.stats
+            .wire_sent_on(self.streams.get(&stream).map(|s| &s.protocol), data.len());
+        Some(data)
+    }
+
     /// When [`Server::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = self.timers.first().map(|(at, _)| *at);
-        stats::earliest(t, self.stats.next_timeout())
+        stats::earliest(self.timers.next_deadline(), self.stats.next_timeout())
     }
 
     // ----- internals -----
@@ -714,7 +760,7 @@ impl Server {
         let Some(s) = self.streams.remove(&stream) else {
             return;
         };
-        self.timers.remove(&(s.deadline, Timer::Stream(stream)));
+        self.timers.stop(Timer::Stream(stream));
         if let Some(n) = self.streams_per_peer.get_mut(&s.peer) {
             *n -= 1;
             if *n == 0 {
@@ -747,10 +793,11 @@ impl Server {
             d = d.min(s.last_active + self.cfg.cleanup_interval);
         }
         if d != s.deadline {
-            self.timers.remove(&(s.deadline, Timer::Stream(stream)));
             s.deadline = d;
-            if d != Instant::MAX {
-                self.timers.insert((d, Timer::Stream(stream)));
+            if d == Instant::MAX {
+                self.timers.stop(Timer::Stream(stream));
+            } else {
+                self.timers.set(Timer::Stream(stream), d);
             }
         }
     }
@@ -789,7 +836,7 @@ impl Server {
         if self.next_adjust.is_none() {
             let at = now + self.cfg.adjust_interval;
             self.next_adjust = Some(at);
-            self.timers.insert((at, Timer::Adjust));
+            self.timers.set(Timer::Adjust, at);
         }
     }
 
@@ -830,9 +877,7 @@ impl Server {
     fn check_stopped(&mut self, _now: Instant) {
         if self.shutdown.is_some() && !self.stopped && self.handling.is_empty() {
             self.stopped = true;
-            if let Some(d) = self.shutdown {
-                self.timers.remove(&(d, Timer::Shutdown));
-            }
+            self.timers.stop(Timer::Shutdown);
             self.events.push_back(ServerEvent::Stopped);
         }
     }

@@ -118,6 +118,41 @@ pub(crate) trait HasOutgoing {
     fn outgoing(&mut self) -> &mut Outgoing;
 }
 
+/// Pulls the next bytes of one stream, packed by the stream's queue (at
+/// most [`MAX_TRANSMIT`], or one frame's header or large payload alone),
+/// if its window is open. The stream leaves the ready line only through
+/// [`next_writable`]; pulling until `None` empties it.
+pub(crate) fn pull<T: HasOutgoing>(
+    streams: &mut BTreeMap<StreamId, T>,
+    stream: StreamId,
+) -> Option<Bytes> {
+    let o = streams.get_mut(&stream)?.outgoing();
+    if !o.window_open() {
+        return None;
+    }
+    let data = o.out.poll(MAX_TRANSMIT)?;
+    o.emitted += data.len() as u64;
+    Some(data)
+}
+
+/// The next stream in line that has bytes to pull now (queued, window
+/// open); each stream at most once until it gets news again.
+pub(crate) fn next_writable<T: HasOutgoing>(
+    ready: &mut VecDeque<StreamId>,
+    streams: &mut BTreeMap<StreamId, T>,
+) -> Option<StreamId> {
+    while let Some(stream) = ready.pop_front() {
+        let Some(o) = streams.get_mut(&stream).map(HasOutgoing::outgoing) else {
+            continue;
+        };
+        o.in_ready = false;
+        if o.window_open() && !o.out.is_empty() {
+            return Some(stream);
+        }
+    }
+    None
+}
+
 /// Takes the next turn among ready streams of `streams`.
 pub(crate) fn next_transmit<T: HasOutgoing>(
     ready: &mut VecDeque<StreamId>,

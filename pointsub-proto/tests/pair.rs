@@ -260,12 +260,12 @@ impl Pair {
             }
             Ev::ToServer(cs, data) => {
                 if let Some(&ss) = self.c2s.get(&cs) {
-                    self.server.handle_data(ss, &data, self.now);
+                    self.server.handle_data(ss, data, self.now);
                 }
             }
             Ev::ToClient(cs, data) => {
                 if self.c2s.contains_key(&cs) {
-                    self.client.handle_data(cs, &data, self.now);
+                    self.client.handle_data(cs, data, self.now);
                 }
             }
             Ev::Respond(ss, id, result) => self.server.respond(ss, id, result, self.now),

@@ -574,12 +574,14 @@ impl Sim {
                 progressed = true;
                 self.on_server_event(ev);
             }
-            while let Some(t) = self.server.poll_transmit() {
-                progressed = true;
-                let now = Instant::from_nanos(self.now);
-                self.server.handle_flushed(t.stream, t.data.len(), now);
-                if let Some(&sim) = self.by_server.get(&t.stream) {
-                    self.ship(sim, false, t.data);
+            while let Some(stream) = self.server.poll_writable() {
+                while let Some(data) = self.server.poll_transmit_on(stream) {
+                    progressed = true;
+                    let now = Instant::from_nanos(self.now);
+                    self.server.handle_flushed(stream, data.len(), now);
+                    if let Some(&sim) = self.by_server.get(&stream) {
+                        self.ship(sim, false, data);
+                    }
                 }
             }
             if !progressed {
@@ -645,12 +647,14 @@ impl Sim {
                 progressed = true;
                 self.on_client_event(c, ev);
             }
-            while let Some(t) = self.clients[c - 1].poll_transmit() {
-                progressed = true;
-                let now = Instant::from_nanos(self.now);
-                self.clients[c - 1].handle_flushed(t.stream, t.data.len(), now);
-                if let Some(&sim) = self.by_client[c].get(&t.stream) {
-                    self.ship(sim, true, t.data);
+            while let Some(stream) = self.clients[c - 1].poll_writable() {
+                while let Some(data) = self.clients[c - 1].poll_transmit_on(stream) {
+                    progressed = true;
+                    let now = Instant::from_nanos(self.now);
+                    self.clients[c - 1].handle_flushed(stream, data.len(), now);
+                    if let Some(&sim) = self.by_client[c].get(&stream) {
+                        self.ship(sim, true, data);
+                    }
                 }
             }
             if !progressed {
@@ -790,12 +794,12 @@ impl Sim {
         let now = Instant::from_nanos(self.now);
         if to_server {
             if let (true, Some(ss)) = (s.s_open, s.ss) {
-                self.server.handle_data(ss, &data, now);
+                self.server.handle_data(ss, data, now);
                 self.pump_server();
             }
         } else if s.c_open {
             let (c, cs) = (s.client, s.cs);
-            self.clients[c - 1].handle_data(cs, &data, now);
+            self.clients[c - 1].handle_data(cs, data, now);
             self.pump_client(c);
         }
     }

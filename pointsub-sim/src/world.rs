@@ -1307,17 +1307,23 @@ impl World {
                 progressed = true;
                 self.on_client_event(n, ev);
             }
-            while let Some(t) = self.nodes[n as usize].client.poll_transmit() {
-                progressed = true;
-                self.on_client_transmit(n, t);
+            // Pulled as a stream task of the adapter does: each stream the
+            // core says is writable gives everything it has.
+            while let Some(stream) = self.nodes[n as usize].client.poll_writable() {
+                while let Some(data) = self.nodes[n as usize].client.poll_transmit_on(stream) {
+                    progressed = true;
+                    self.on_client_transmit(n, Transmit { stream, data });
+                }
             }
             while let Some(ev) = self.nodes[n as usize].server.poll_event() {
                 progressed = true;
                 self.on_server_event(n, ev);
             }
-            while let Some(t) = self.nodes[n as usize].server.poll_transmit() {
-                progressed = true;
-                self.on_server_transmit(n, t);
+            while let Some(stream) = self.nodes[n as usize].server.poll_writable() {
+                while let Some(data) = self.nodes[n as usize].server.poll_transmit_on(stream) {
+                    progressed = true;
+                    self.on_server_transmit(n, Transmit { stream, data });
+                }
             }
             if !progressed {
                 break;
@@ -2099,14 +2105,14 @@ impl World {
                 return;
             }
             let (n, ss) = (s.server, s.ss);
-            self.nodes[n as usize].server.handle_data(ss, &data, now);
+            self.nodes[n as usize].server.handle_data(ss, data, now);
             self.pump(n);
         } else {
             if !s.c_open {
                 return;
             }
             let (n, cs) = (s.client, s.cs);
-            self.nodes[n as usize].client.handle_data(cs, &data, now);
+            self.nodes[n as usize].client.handle_data(cs, data, now);
             self.pump(n);
         }
     }

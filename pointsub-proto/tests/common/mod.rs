@@ -308,14 +308,17 @@ impl Net {
                 }
                 self.client_events.push(ev);
             }
-            while let Some(t) = self.client.poll_transmit() {
-                progressed = true;
-                self.client.handle_flushed(t.stream, t.data.len(), now);
-                for m in self.c_tap.feed(t.stream, &t.data) {
-                    self.to_server.push((t.stream, m));
-                }
-                if let Some(&ss) = self.c2s.get(&t.stream) {
-                    self.server.handle_data(ss, &t.data, now);
+            // Pulled, as the adapters' stream tasks do.
+            while let Some(stream) = self.client.poll_writable() {
+                while let Some(data) = self.client.poll_transmit_on(stream) {
+                    progressed = true;
+                    self.client.handle_flushed(stream, data.len(), now);
+                    for m in self.c_tap.feed(stream, &data) {
+                        self.to_server.push((stream, m));
+                    }
+                    if let Some(&ss) = self.c2s.get(&stream) {
+                        self.server.handle_data(ss, data, now);
+                    }
                 }
             }
             while let Some(ev) = self.server.poll_event() {
@@ -328,14 +331,16 @@ impl Net {
                 }
                 self.server_events.push(ev);
             }
-            while let Some(t) = self.server.poll_transmit() {
-                progressed = true;
-                self.server.handle_flushed(t.stream, t.data.len(), now);
-                for m in self.s_tap.feed(t.stream, &t.data) {
-                    self.to_client.push((t.stream, m));
-                }
-                if let Some(&cs) = self.s2c.get(&t.stream) {
-                    self.client.handle_data(cs, &t.data, now);
+            while let Some(stream) = self.server.poll_writable() {
+                while let Some(data) = self.server.poll_transmit_on(stream) {
+                    progressed = true;
+                    self.server.handle_flushed(stream, data.len(), now);
+                    for m in self.s_tap.feed(stream, &data) {
+                        self.to_client.push((stream, m));
+                    }
+                    if let Some(&cs) = self.s2c.get(&stream) {
+                        self.client.handle_data(cs, data, now);
+                    }
                 }
             }
             if !progressed {

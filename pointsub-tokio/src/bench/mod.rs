@@ -43,6 +43,7 @@
 //! its dependencies (clap, plotters, tracing-subscriber, libp2p
 //! request-response) are compiled.
 
+pub mod cipher;
 mod cli_util;
 mod codec;
 pub mod pointsub;
@@ -97,6 +98,9 @@ pub const MATRIX: &[Case] = &[
 /// The only case of `--quick`.
 pub const QUICK: Case = case(SMALL, 100);
 
+/// The only case of `--large`.
+pub const LARGE_CASE: Case = case(LARGE, 4);
+
 /// Largest body any system accepts (pointsub's default max block size).
 pub const MAX_BODY: usize = crate::proto::config::DEFAULT_MAX_BLOCK_SIZE;
 
@@ -139,7 +143,16 @@ pub trait Instance: Send + Sync {
 }
 
 /// Every system this crate builds by itself, in the order they run.
-pub const SYSTEMS: &[System] = &[pointsub::SYSTEM, request_response::SYSTEM, raw_tcp::SYSTEM];
+/// Besides pointsub over noise/TCP and its two anchors (request-response
+/// and raw TCP, unchanged), pointsub over QUIC and the cipher's limit
+/// ([`cipher`]), from which with raw TCP the bound is printed.
+pub const SYSTEMS: &[System] = &[
+    pointsub::SYSTEM,
+    request_response::SYSTEM,
+    raw_tcp::SYSTEM,
+    pointsub::QUIC_SYSTEM,
+    cipher::SYSTEM,
+];
 
 /// The name of the async-std adapter's system, which only
 /// pointsub-async-std's `benches/compare.rs` can build (see [the module docs](self)).
@@ -160,8 +173,14 @@ pub struct BenchArgs {
     /// Only 581 B x 100 in flight, 2 s per system, ending with the line
     /// `ratio vs-request-response <R>x vs-raw-tcp <R>x`. Writes the CSV and
     /// SVG only when --csv / --svg are given.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "large")]
     quick: bool,
+    /// Only 1 MiB x 4 in flight, 2 s per system, ending with the bound
+    /// (cipher and raw TCP) and the line `ratio vs-request-response <R>x
+    /// vs-bound <R>`. Writes the CSV and SVG only when --csv / --svg are
+    /// given.
+    #[arg(long)]
+    large: bool,
     /// Systems to run, comma-separated (default: all): pointsub-tokio,
     /// request-response, raw-tcp; pointsub-async-std too under
     /// `cargo bench -p pointsub-async-std --bench compare`.
@@ -198,14 +217,21 @@ pub async fn run_with(args: BenchArgs, systems: &[&System]) -> Result<Vec<Row>, 
     let systems = select_systems(registry, &args.systems)?;
     let duration = secs(
         "--duration",
-        args.duration.unwrap_or(if args.quick { 2.0 } else { 3.0 }),
+        args.duration
+            .unwrap_or(if args.quick || args.large { 2.0 } else { 3.0 }),
     )?;
     let warmup = secs("--warmup", args.warmup)?;
     if duration.is_zero() {
         return Err("--duration must be greater than zero".into());
     }
-    let cases: &[Case] = if args.quick { &[QUICK] } else { MATRIX };
-    let (csv, svg) = if args.quick {
+    let cases: &[Case] = if args.quick {
+        &[QUICK]
+    } else if args.large {
+        &[LARGE_CASE]
+    } else {
+        MATRIX
+    };
+    let (csv, svg) = if args.quick || args.large {
         (args.csv, args.svg)
     } else {
         (
@@ -254,6 +280,14 @@ pub async fn run_with(args: BenchArgs, systems: &[&System]) -> Result<Vec<Row>, 
     if let Some(path) = &svg {
         report::write_svg(path, &rows)?;
         println!("SVG: {}", path.display());
+    }
+    for &case in cases {
+        for line in report::bound_lines(&rows, case) {
+            println!("{line}");
+        }
+    }
+    if args.large {
+        println!("{}", report::bound_ratio_line(&rows, LARGE_CASE));
     }
     if args.quick {
         for system in &systems {
@@ -446,5 +480,6 @@ mod tests {
         }
         assert!(MATRIX.contains(&case(LARGE, 1)));
         assert!(MATRIX.contains(&case(LARGE, 4)));
+        assert!(MATRIX.contains(&LARGE_CASE));
     }
 }

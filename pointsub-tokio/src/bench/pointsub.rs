@@ -1,5 +1,6 @@
 //! pointsub: a server node with an echo handler and a client node, over TCP
-//! (nodelay) + noise + yamux on loopback, one connection.
+//! (nodelay) + noise + yamux on loopback, one connection; or, as
+//! `pointsub-quic`, over QUIC (libp2p-tls inside, the same cipher).
 //!
 //! The same code benches every adapter: it is generic over the node's
 //! runtime ([`Flavour`]: a [`NodeRuntime`] with a name), and [`system`]
@@ -69,6 +70,26 @@ pub const fn system<R: Flavour>() -> System {
 /// pointsub-tokio's registry entry.
 pub const SYSTEM: System = system::<Tokio>();
 
+/// The name of pointsub-tokio over QUIC.
+pub const QUIC_NAME: &str = "pointsub-quic";
+
+/// pointsub-tokio over QUIC: the same nodes, client and server, with the
+/// server listening (and the client dialing) on QUIC only.
+pub const QUIC_SYSTEM: System = System {
+    name: QUIC_NAME,
+    describe: describe_quic,
+    start: start_quic as StartFn,
+};
+
+fn describe_quic() -> String {
+    "pointsub-tokio over QUIC on loopback (libp2p-quic, TLS 1.3 with ChaCha20-Poly1305 first),      one connection; client and server configured as pointsub-tokio."
+        .to_owned()
+}
+
+fn start_quic(case: Case) -> BoxFuture<'static, Result<Arc<dyn Instance>, BoxError>> {
+    start_on::<Tokio>(case, "/ip4/127.0.0.1/udp/0/quic-v1")
+}
+
 /// Most pooled streams the client may hold: room below the yamux
 /// per-connection limit, which closes the connection when exceeded.
 const MAX_CLIENT_STREAMS: usize = MAX_STREAMS_PER_CONNECTION * 3 / 4;
@@ -130,10 +151,18 @@ struct Pointsub<R: Flavour> {
 }
 
 fn start<R: Flavour>(case: Case) -> BoxFuture<'static, Result<Arc<dyn Instance>, BoxError>> {
+    start_on::<R>(case, "/ip4/127.0.0.1/tcp/0")
+}
+
+/// Starts the nodes with the server listening on `listen` only.
+fn start_on<R: Flavour>(
+    case: Case,
+    listen: &'static str,
+) -> BoxFuture<'static, Result<Arc<dyn Instance>, BoxError>> {
     async move {
-        let tcp: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse()?;
+        let listen: Multiaddr = listen.parse()?;
         let server_node =
-            Node::<R::Runtime>::new(NodeConfig::default().with_listen_addrs([tcp])).await?;
+            Node::<R::Runtime>::new(NodeConfig::default().with_listen_addrs([listen])).await?;
         let client_node =
             Node::<R::Runtime>::new(NodeConfig::default().with_listen_addrs([])).await?;
         let server_peer = server_node.peer_id();

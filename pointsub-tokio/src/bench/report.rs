@@ -356,6 +356,63 @@ pub fn adapter_ratio_line(rows: &[Row], case: Case, system: &str) -> String {
     )
 }
 
+/// The QPS of `system` at `case`, if it ran and answered anything.
+fn qps_of(rows: &[Row], case: Case, system: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.system == system && r.case == case)
+        .map(Row::qps)
+        .filter(|q| *q > 0.0)
+}
+
+/// The bound on requests per second at `case`: `1 / (1/L + 1/R)`, with L
+/// the cipher row's QPS and R raw TCP's, when both ran.
+pub fn bound(rows: &[Row], case: Case) -> Option<f64> {
+    let l = qps_of(rows, case, super::cipher::NAME)?;
+    let r = qps_of(rows, case, "raw-tcp")?;
+    Some(1.0 / (1.0 / l + 1.0 / r))
+}
+
+/// For `case`: the bound's line, then each system's QPS over it, e.g.
+/// `bound 581 B x 100: 1/(1/L + 1/R) = 1/(1/93000 + 1/41000) = 28457 req/s`
+/// and `  pointsub-tokio 0.91 of the bound`. Empty when the cipher or raw
+/// TCP did not run.
+pub fn bound_lines(rows: &[Row], case: Case) -> Vec<String> {
+    let Some(b) = bound(rows, case) else {
+        return Vec::new();
+    };
+    let l = qps_of(rows, case, super::cipher::NAME).unwrap_or(0.0);
+    let r = qps_of(rows, case, "raw-tcp").unwrap_or(0.0);
+    let mut out = vec![format!(
+        "bound {} x {}: 1/(1/L + 1/R) = 1/(1/{l:.0} + 1/{r:.0}) = {b:.0} req/s          (L: cipher only, R: raw TCP)",
+        fmt_body(case.body),
+        case.in_flight
+    )];
+    for row in rows.iter().filter(|r| r.case == case) {
+        if row.system != super::cipher::NAME {
+            out.push(format!(
+                "  {} {:.2} of the bound",
+                row.system,
+                row.qps() / b
+            ));
+        }
+    }
+    out
+}
+
+/// `ratio vs-request-response <R>x vs-bound <R>`: pointsub's
+/// ([`RATIO_SYSTEM`]) QPS over request-response's and over the bound, for
+/// `case`; `n/a` for what did not run.
+pub fn bound_ratio_line(rows: &[Row], case: Case) -> String {
+    let vs_bound = match (qps_of(rows, case, RATIO_SYSTEM), bound(rows, case)) {
+        (Some(p), Some(b)) => format!("{:.2}", p / b),
+        _ => "n/a".to_owned(),
+    };
+    format!(
+        "ratio vs-request-response {} vs-bound {vs_bound}",
+        ratio(rows, case, RATIO_SYSTEM, "request-response"),
+    )
+}
+
 /// The 1, 5 and 15 minute load averages, from /proc/loadavg (`?` elsewhere).
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -459,6 +516,32 @@ mod tests {
         assert_eq!(
             ratio_line(&rows, QUICK),
             "ratio vs-request-response 3.00x vs-raw-tcp 0.75x"
+        );
+    }
+
+    #[test]
+    fn bound_combines_cipher_and_raw_tcp() {
+        let c = crate::bench::LARGE_CASE;
+        // 2 s windows: QPS = ok / 2. L = 300, R = 600: bound 200.
+        let rows = [
+            row("pointsub-tokio", c, 300),
+            row("request-response", c, 100),
+            row("raw-tcp", c, 1_200),
+            row("cipher", c, 600),
+        ];
+        assert!((bound(&rows, c).unwrap() - 200.0).abs() < 1e-9);
+        assert_eq!(
+            bound_ratio_line(&rows, c),
+            "ratio vs-request-response 3.00x vs-bound 0.75"
+        );
+        let lines = bound_lines(&rows, c);
+        assert!(lines[0].contains("= 200 req/s"), "{}", lines[0]);
+        assert!(lines.contains(&"  raw-tcp 3.00 of the bound".to_owned()));
+        assert!(!lines.iter().any(|l| l.starts_with("  cipher")));
+        assert!(bound_lines(&rows[..3], c).is_empty());
+        assert_eq!(
+            bound_ratio_line(&rows[..3], c),
+            "ratio vs-request-response 3.00x vs-bound n/a"
         );
     }
 

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use libp2p::{PeerId, StreamProtocol};
@@ -142,6 +142,9 @@ fn protocol_name(name: &str) -> Result<Protocol, RequestError> {
 #[derive(Clone)]
 pub struct Client<R: Runtime> {
     handle: Arc<UserHandle<R, State>>,
+    /// The compression threshold when compression is on: bodies at least
+    /// this long are deflated before the core's lock is taken.
+    deflate: Option<usize>,
 }
 
 impl<R: Runtime> fmt::Debug for Client<R> {
@@ -264,8 +267,8 @@ impl<R: Runtime> Side<R> for State {
                 _ => {}
             }
         }
-        while let Some(t) = self.core.poll_transmit() {
-            self.plumbing.push(t, wakers);
+        while let Some(id) = self.core.poll_writable() {
+            self.plumbing.writable(id, wakers);
         }
         self.plumbing.rearm(self.core.poll_timeout(), wakers);
         if self.core.is_closed() && !self.plumbing.stopped {
@@ -307,8 +310,12 @@ impl<R: Runtime> Side<R> for State {
         true
     }
 
-    fn handle_data(&mut self, id: StreamId, data: &[u8], now: Instant) {
+    fn handle_data(&mut self, id: StreamId, data: BytesMut, now: Instant) {
         self.core.handle_data(id, data, now);
+    }
+
+    fn pull(&mut self, id: StreamId) -> Option<Bytes> {
+        self.core.poll_transmit_on(id)
     }
 
     fn handle_flushed(&mut self, id: StreamId, n: usize, now: Instant) {
@@ -511,6 +518,7 @@ impl<R: Runtime> Client<R> {
     /// own swarm. The client closes by itself when the host's swarm is
     /// dropped: its requests then end with [`RequestError::Closed`].
     pub fn new(host: &Host<R>, config: ClientConfig) -> Result<Self, ConfigError> {
+        let deflate = config.compression.then_some(config.compression_threshold);
         let core = pointsub_proto::Client::new(peer_key(&host.peer_id()), config)?;
         let (watch, changes) = host.control().watch_paths();
         let shared = Driver::start(
@@ -528,6 +536,7 @@ impl<R: Runtime> Client<R> {
         spawn_path_watch(&shared, changes);
         Ok(Self {
             handle: Arc::new(UserHandle { driver: shared }),
+            deflate,
         })
     }
 
@@ -538,6 +547,14 @@ impl<R: Runtime> Client<R> {
     /// The server-node sets, for discovery tasks.
     pub(crate) fn node_sets(&self) -> NodeSets<R> {
         NodeSets(Arc::downgrade(&self.handle.driver))
+    }
+
+    /// The body's deflated form, worked out here, outside the core's lock
+    /// (`None` when compression is off or the body is below the threshold:
+    /// the core then sends it as it is).
+    fn deflated(&self, body: &Bytes) -> Option<Option<Bytes>> {
+        let threshold = self.deflate?;
+        (body.len() >= threshold).then(|| pointsub_proto::compress::compress(body, threshold))
     }
 
     /// The host this client sends from (a node's, or an embedding
@@ -590,10 +607,13 @@ impl<R: Runtime> Client<R> {
         let shared = self.shared();
         let span = tracing::debug_span!("send", %peer, %protocol, size = body.len());
         let deadline = timeout.map(|t| shared.clock.after(shared.node.runtime(), t));
-        let opts = match deadline {
+        let mut opts = match deadline {
             Some(d) => pointsub_proto::SendOptions::default().with_deadline(d),
             None => pointsub_proto::SendOptions::default(),
         };
+        if let Some(deflated) = self.deflated(&body) {
+            opts = opts.with_deflated(deflated);
+        }
         let key = peer_key(&peer);
         shared
             .request(move |core, now| core.send_with(key, protocol, body, opts, now))
@@ -631,6 +651,13 @@ impl<R: Runtime> Client<R> {
         let mut opts = pointsub_proto::ClosestOptions::default()
             .with_exclude(options.exclude.iter().map(peer_key).collect())
             .with_hedge(options.hedge);
+        // The key's hash and the body's deflated form are worked out
+        // here, not under the core's lock.
+        let hash = pointsub_proto::route::key_hash(options.routing_key.as_deref().unwrap_or(&body));
+        opts = opts.with_key_hash(hash);
+        if let Some(deflated) = self.deflated(&body) {
+            opts = opts.with_deflated(deflated);
+        }
         if let Some(key) = options.routing_key {
             opts = opts.with_routing_key(key);
         }

@@ -1,13 +1,17 @@
-//! The machinery the client and server drivers share: the write queues
-//! between a core and its streams ([`Plumbing`]), one I/O task per libp2p
-//! stream ([`StreamTask`]) and the timer task ([`TimerTask`]).
+//! The machinery the client and server drivers share: the per-core
+//! bookkeeping between a core and its streams ([`Plumbing`]), one I/O task
+//! per libp2p stream ([`StreamTask`]) and the timer task ([`TimerTask`]).
 //!
-//! A driver keeps its core behind one mutex. Whoever has news (a user call,
-//! a stream's I/O task, the timer) locks it, feeds the core, drains the
-//! core's outputs into [`Plumbing`] and wakes, after unlocking, the tasks
-//! that have work. The core decides; these tasks only move bytes and time.
+//! A driver keeps its core behind one mutex. The data path is pulled, in
+//! the manner of quinn's connection driver: a stream's task writes and
+//! reads without the lock, then takes it once per round to report what it
+//! wrote and read and, when its sink took everything it held, to pull the
+//! next bytes the core packed for it. It holds at most that one buffer:
+//! the core owns the only window and the only packing rule. Whoever else
+//! has news (a user call, the timer) locks the core, feeds it, and wakes,
+//! after unlocking, the stream tasks the core says have bytes to pull.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -17,26 +21,24 @@ use std::time::Instant as StdInstant;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::io::{AsyncRead, AsyncWrite};
 use libp2p::Stream;
-use pointsub_proto::{StreamId, Transmit};
+use pointsub_proto::StreamId;
 
 use super::behaviour::Closed;
 use super::common::ConnectionInfo;
 use super::host::Host;
 use super::rt::{BoxSleep, Clock, Runtime};
 
-/// Bytes read from a stream per read call.
+/// Size of a stream task's read buffer. Reads land in it and are handed
+/// to the core as they are (no copy); single-frame messages stay slices
+/// of it.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Queued transmits smaller than this are merged into one write (up to
-/// [`COALESCE_LIMIT`] bytes), so a burst of small frames becomes one muxer
-/// frame and one encrypted record; larger ones are written as they are,
-/// without a copy.
-const COALESCE_BELOW: usize = 16 * 1024;
+/// A new read buffer is taken when less than this is left of the current
+/// one, so that a large body still arrives in large reads.
+const MIN_READ: usize = 16 * 1024;
 
-/// Largest merged write.
-const COALESCE_LIMIT: usize = 64 * 1024;
-
-/// Reads and writes one I/O task does before yielding to the runtime.
+/// Rounds (one write, one read, one lock) a task does before yielding to
+/// the runtime.
 const POLL_BUDGET: usize = 32;
 
 pub(crate) use super::common::lock;
@@ -44,7 +46,7 @@ pub(crate) use super::common::lock;
 /// How the core asked for a stream to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Close {
-    /// Flush what is queued, then close our write side.
+    /// Write what the core still has for it, then close our write side.
     Graceful,
     /// Drop the stream at once (the muxer resets it).
     Reset,
@@ -52,19 +54,8 @@ pub(crate) enum Close {
 
 #[derive(Default)]
 struct Slot {
-    pending: VecDeque<Bytes>,
     close: Option<Close>,
     waker: Option<Waker>,
-}
-
-/// What a stream's I/O task should do next.
-pub(crate) enum Output {
-    /// Write these bytes.
-    Data(Bytes),
-    /// Nothing queued; end the stream this way.
-    Close(Close),
-    /// Nothing to do until woken.
-    Idle,
 }
 
 /// Wakers collected under the lock, woken after it is released.
@@ -86,7 +77,7 @@ impl Wakers {
 }
 
 /// The per-core bookkeeping between the core and its tasks: each live
-/// stream's queue of bytes to write and close request, and the timer.
+/// stream's close request and waker, and the timer.
 #[derive(Default)]
 pub(crate) struct Plumbing {
     slots: HashMap<StreamId, Slot>,
@@ -103,11 +94,10 @@ impl Plumbing {
         self.slots.insert(id, Slot::default());
     }
 
-    /// Queues a transmit on its stream; a transmit for a stream without a
-    /// task (already ended) is dropped: the core has been told it ended.
-    pub(crate) fn push(&mut self, t: Transmit, wakers: &mut Wakers) {
-        if let Some(slot) = self.slots.get_mut(&t.stream) {
-            slot.pending.push_back(t.data);
+    /// The core has bytes for `id` to pull: wakes its task (unless it is
+    /// running now; it pulls before it sleeps).
+    pub(crate) fn writable(&mut self, id: StreamId, wakers: &mut Wakers) {
+        if let Some(slot) = self.slots.get_mut(&id) {
             wakers.push(slot.waker.take());
         }
     }
@@ -118,9 +108,6 @@ impl Plumbing {
             // A reset overrides a graceful close, never the other way.
             if slot.close != Some(Close::Reset) {
                 slot.close = Some(how);
-            }
-            if how == Close::Reset {
-                slot.pending.clear();
             }
             wakers.push(slot.waker.take());
         }
@@ -148,42 +135,25 @@ impl Plumbing {
         self.slots.len()
     }
 
-    /// The next thing a stream's task should do; registers its waker.
-    pub(crate) fn take_output(&mut self, id: StreamId, waker: &Waker) -> Output {
+    /// A stream's task is running: news for it need not wake it.
+    fn running(&mut self, id: StreamId) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.waker = None;
+        }
+    }
+
+    /// A stream's task is about to sleep: registers its waker and says how
+    /// the core asked it to end, if it did (`Reset` for a stream no longer
+    /// tracked).
+    fn park(&mut self, id: StreamId, waker: &Waker) -> Option<Close> {
         let Some(slot) = self.slots.get_mut(&id) else {
-            return Output::Close(Close::Reset);
+            return Some(Close::Reset);
         };
-        if let Some(first) = slot.pending.pop_front() {
-            let small = |b: &Bytes| b.len() < COALESCE_BELOW;
-            if !small(&first) || slot.pending.front().is_none_or(|b| !small(b)) {
-                return Output::Data(first);
-            }
-            let mut total = first.len();
-            for b in slot.pending.iter() {
-                if !small(b) || total + b.len() > COALESCE_LIMIT {
-                    break;
-                }
-                total += b.len();
-            }
-            let mut merged = BytesMut::with_capacity(total);
-            merged.extend_from_slice(&first);
-            while let Some(next) = slot.pending.front() {
-                if !small(next) || merged.len() + next.len() > COALESCE_LIMIT {
-                    break;
-                }
-                merged.extend_from_slice(next);
-                slot.pending.pop_front();
-            }
-            return Output::Data(merged.freeze());
-        }
-        if let Some(close) = slot.close {
-            return Output::Close(close);
-        }
         match &slot.waker {
             Some(w) if w.will_wake(waker) => {}
             _ => slot.waker = Some(waker.clone()),
         }
-        Output::Idle
+        slot.close
     }
 
     /// After the core was drained: wakes the timer task if the core's next
@@ -205,6 +175,26 @@ impl Plumbing {
     }
 }
 
+/// What a stream's task did since it last took the lock.
+pub(crate) struct Io {
+    /// Bytes handed to the stream.
+    flushed: usize,
+    /// Bytes read from it.
+    data: Option<BytesMut>,
+    /// Whether its sink took everything it held: pull the next bytes.
+    pull: bool,
+}
+
+/// What the core tells a stream's task, in one lock.
+pub(crate) struct Step {
+    /// The next bytes to write (only when asked to pull).
+    out: Option<Bytes>,
+    /// How to end the stream, once `out` and what the core still has are written.
+    close: Option<Close>,
+    /// Whether to read more now.
+    wants_read: bool,
+}
+
 /// A core as seen by the tasks that serve it.
 pub(crate) trait Engine: Send + Sync + 'static {
     /// The runtime the tasks run on.
@@ -213,18 +203,9 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The runtime, for timers.
     fn runtime(&self) -> &Self::Rt;
 
-    /// The next thing the stream's task should do (see [`Plumbing::take_output`]).
-    fn take_output(&self, id: StreamId, waker: &Waker) -> Output;
-
-    /// Whether the core wants more bytes from the stream now (false while
-    /// its answers on it back up: the remote then stalls on its own writes).
-    fn wants_read(&self, id: StreamId) -> bool;
-
-    /// Bytes arrived on a stream.
-    fn on_data(&self, id: StreamId, data: &[u8]);
-
-    /// Bytes were handed to the stream.
-    fn on_flushed(&self, id: StreamId, n: usize);
+    /// One round of a stream's task, under one lock: reports what it
+    /// wrote and read, pulls its next bytes, registers its waker.
+    fn step(&self, id: StreamId, io: Io, waker: &Waker) -> Step;
 
     /// The remote closed its side (`reset == false`) or the stream broke.
     /// Returns whether the core may still write on it.
@@ -266,26 +247,30 @@ pub(crate) fn spawn_stream<E: Engine>(
         out: None,
         unflushed: false,
         read_open: true,
+        wants_read: true,
         closing: None,
-        buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+        buf: BytesMut::new(),
         span,
     };
     engine.runtime().spawn(Box::pin(task));
 }
 
-/// Moves one stream's bytes: writes what the core queued, reads what the
-/// remote sent, and reports both (and the stream's end) to the core.
+/// Moves one stream's bytes: writes what it pulled from the core, reads
+/// what the remote sent, and reports both (and the stream's end) to the core.
 struct StreamTask<E: Engine> {
     engine: Arc<E>,
     id: StreamId,
     /// `None` once finished.
     stream: Option<Stream>,
-    /// The rest of the write in progress.
+    /// The rest of the bytes pulled last: the task's only buffer.
     out: Option<Bytes>,
     unflushed: bool,
     read_open: bool,
+    /// What the core said last about reading.
+    wants_read: bool,
     closing: Option<Close>,
-    buf: Box<[u8]>,
+    /// The read buffer; what is read is split off it and handed over.
+    buf: BytesMut,
     span: tracing::Span,
 }
 
@@ -311,42 +296,76 @@ impl<E: Engine> Future for StreamTask<E> {
         let this = self.get_mut();
         let span = this.span.clone();
         let _entered = span.enter();
-        for _ in 0..POLL_BUDGET {
-            let mut progressed = false;
-            // Writes: everything the core queued, in order.
-            loop {
-                let Some(stream) = this.stream.as_mut() else {
-                    return Poll::Ready(());
-                };
-                if this.out.is_none() {
-                    match this.engine.take_output(this.id, cx.waker()) {
-                        Output::Data(b) => this.out = Some(b),
-                        Output::Close(c) => {
-                            this.closing = Some(c);
-                            break;
-                        }
-                        Output::Idle => break,
-                    }
-                }
-                let Some(out) = this.out.as_mut() else {
-                    break;
-                };
+        for round in 0..POLL_BUDGET {
+            let Some(stream) = this.stream.as_mut() else {
+                return Poll::Ready(());
+            };
+            // Write what we hold, without the lock.
+            let mut flushed = 0;
+            while let Some(out) = this.out.as_mut() {
                 match Pin::new(&mut *stream).poll_write(cx, out) {
                     Poll::Ready(Ok(0)) => {
                         return this.broken(std::io::ErrorKind::WriteZero.into());
                     }
                     Poll::Ready(Ok(n)) => {
                         out.advance(n);
+                        flushed += n;
+                        this.unflushed = true;
                         if out.is_empty() {
                             this.out = None;
                         }
-                        this.unflushed = true;
-                        progressed = true;
-                        this.engine.on_flushed(this.id, n);
                     }
                     Poll::Ready(Err(e)) => return this.broken(e),
                     Poll::Pending => break,
                 }
+            }
+            // Read, unless the core asks to wait until its answers drain
+            // (the writes above, woken by the muxer, make that progress).
+            let mut data = None;
+            let mut eof = false;
+            if this.read_open && this.wants_read {
+                if this.buf.len() < MIN_READ {
+                    this.buf = BytesMut::zeroed(READ_CHUNK);
+                }
+                match Pin::new(&mut *stream).poll_read(cx, &mut this.buf) {
+                    Poll::Ready(Ok(0)) => eof = true,
+                    Poll::Ready(Ok(n)) => data = Some(this.buf.split_to(n)),
+                    Poll::Ready(Err(e)) => return this.broken(e),
+                    Poll::Pending => {}
+                }
+            }
+            let pull = this.out.is_none();
+            let news = flushed > 0 || data.is_some();
+            // One lock: report, pull, hear about closes. Skipped when
+            // there is nothing to say or take (a full sink, nothing read)
+            // after the first round of this wake-up.
+            let mut pulled = false;
+            if round == 0 || news || pull {
+                let step = this.engine.step(
+                    this.id,
+                    Io {
+                        flushed,
+                        data,
+                        pull,
+                    },
+                    cx.waker(),
+                );
+                this.wants_read = step.wants_read;
+                this.closing = step.close;
+                if let Some(out) = step.out {
+                    this.out = Some(out);
+                    pulled = true;
+                }
+            }
+            if eof {
+                this.read_open = false;
+                if !this.engine.on_end(this.id, false) {
+                    return this.finish();
+                }
+                continue;
+            }
+            if pulled {
+                continue;
             }
             let Some(stream) = this.stream.as_mut() else {
                 return Poll::Ready(());
@@ -368,26 +387,7 @@ impl<E: Engine> Future for StreamTask<E> {
                 }
                 _ => {}
             }
-            // Reads, unless the core asks to wait until its answers drain
-            // (the writes above, woken by the muxer, make that progress).
-            if this.read_open && this.engine.wants_read(this.id) {
-                match Pin::new(&mut *stream).poll_read(cx, &mut this.buf) {
-                    Poll::Ready(Ok(0)) => {
-                        this.read_open = false;
-                        progressed = true;
-                        if !this.engine.on_end(this.id, false) {
-                            return this.finish();
-                        }
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        progressed = true;
-                        this.engine.on_data(this.id, &this.buf[..n]);
-                    }
-                    Poll::Ready(Err(e)) => return this.broken(e),
-                    Poll::Pending => {}
-                }
-            }
-            if !progressed {
+            if !news {
                 return Poll::Pending;
             }
         }
@@ -483,11 +483,23 @@ pub(crate) trait Side<R: Runtime>: Send + Sized + 'static {
     /// Carries out one piece of work, outside the lock (spawns a task).
     fn run(driver: &Arc<Driver<R, Self>>, work: Self::Work);
 
-    /// See [`Engine::wants_read`].
+    /// Carries out the work of one drain, outside the lock: by default
+    /// each piece in turn.
+    fn run_all(driver: &Arc<Driver<R, Self>>, work: Vec<Self::Work>) {
+        for w in work {
+            Self::run(driver, w);
+        }
+    }
+
+    /// Whether the core wants more bytes from the stream now (false while
+    /// its answers on it back up: the remote then stalls on its own writes).
     fn wants_read(&self, id: StreamId) -> bool;
 
-    /// Bytes arrived on a stream.
-    fn handle_data(&mut self, id: StreamId, data: &[u8], now: pointsub_proto::Instant);
+    /// Bytes arrived on a stream (the buffer is handed over).
+    fn handle_data(&mut self, id: StreamId, data: BytesMut, now: pointsub_proto::Instant);
+
+    /// The next bytes the core has for a stream, if any.
+    fn pull(&mut self, id: StreamId) -> Option<Bytes>;
 
     /// Bytes were handed to a stream.
     fn handle_flushed(&mut self, id: StreamId, n: usize, now: pointsub_proto::Instant);
@@ -616,9 +628,7 @@ impl<R: Runtime, S: Side<R>> Driver<R, S> {
         if !work.is_empty()
             && let Some(this) = self.handle()
         {
-            for w in work {
-                S::run(&this, w);
-            }
+            S::run_all(&this, work);
         }
         out
     }
@@ -631,20 +641,42 @@ impl<R: Runtime, S: Side<R>> Engine for Driver<R, S> {
         self.node.runtime()
     }
 
-    fn take_output(&self, id: StreamId, waker: &Waker) -> Output {
-        lock(&self.state).plumbing().take_output(id, waker)
-    }
-
-    fn wants_read(&self, id: StreamId) -> bool {
-        lock(&self.state).wants_read(id)
-    }
-
-    fn on_data(&self, id: StreamId, data: &[u8]) {
-        self.with_core(|state, now| state.handle_data(id, data, now));
-    }
-
-    fn on_flushed(&self, id: StreamId, n: usize) {
-        self.with_core(|state, now| state.handle_flushed(id, n, now));
+    fn step(&self, id: StreamId, io: Io, waker: &Waker) -> Step {
+        let mut wakers = Wakers::default();
+        let mut work = Vec::new();
+        let mut state = lock(&self.state);
+        state.plumbing().running(id);
+        if io.flushed > 0 || io.data.is_some() {
+            let now = self.now();
+            if io.flushed > 0 {
+                state.handle_flushed(id, io.flushed, now);
+            }
+            if let Some(data) = io.data {
+                state.handle_data(id, data, now);
+            }
+            state.drain(now, &mut wakers, &mut work);
+        }
+        if !work.is_empty() {
+            // What the news started (handlers answered at once, streams to
+            // open) runs outside the lock; their answers are pulled after.
+            drop(state);
+            wakers.wake();
+            wakers = Wakers::default();
+            if let Some(this) = self.handle() {
+                S::run_all(&this, work);
+            }
+            state = lock(&self.state);
+        }
+        let out = if io.pull { state.pull(id) } else { None };
+        let close = state.plumbing().park(id, waker);
+        let step = Step {
+            out,
+            close,
+            wants_read: state.wants_read(id),
+        };
+        drop(state);
+        wakers.wake();
+        step
     }
 
     fn on_end(&self, id: StreamId, reset: bool) -> bool {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::{BoxFuture, Either};
 use futures::{FutureExt, StreamExt};
@@ -117,6 +117,27 @@ pub(crate) struct Job {
     protocol: Protocol,
     body: Bytes,
     handler: Handler,
+    /// The compression threshold if the answer goes out deflated when
+    /// worth it: the handler's body is then compressed outside the lock.
+    deflate: Option<usize>,
+}
+
+/// An answer ready for the core: the request, the handler's result and,
+/// worked out outside the lock, the body's deflated form.
+type Answer = (StreamId, u64, Result<Bytes, String>, Option<Option<Bytes>>);
+
+/// Deflates an answer's body when `deflate` says so (see [`Job::deflate`]).
+fn deflated_answer(
+    stream: StreamId,
+    request_id: u64,
+    result: Result<Bytes, String>,
+    deflate: Option<usize>,
+) -> Answer {
+    let deflated = match (&result, deflate) {
+        (Ok(body), Some(threshold)) => Some(pointsub_proto::compress::compress(body, threshold)),
+        _ => None,
+    };
+    (stream, request_id, result, deflated)
 }
 
 type Shared<R> = Driver<R, State>;
@@ -141,6 +162,10 @@ impl State {
                             protocol,
                             body,
                             handler,
+                            deflate: self
+                                .core
+                                .accepts_deflate(stream, request_id)
+                                .then_some(self.core.config().compression_threshold),
                         }),
                         _ => self.core.respond(
                             stream,
@@ -187,8 +212,8 @@ impl State {
                 _ => {}
             }
         }
-        while let Some(t) = self.core.poll_transmit() {
-            self.plumbing.push(t, wakers);
+        while let Some(id) = self.core.poll_writable() {
+            self.plumbing.writable(id, wakers);
         }
         self.plumbing.rearm(self.core.poll_timeout(), wakers);
         self.release_stop_waiters();
@@ -216,54 +241,28 @@ impl<R: Runtime> Side<R> for State {
         self.drain_into(now, wakers, jobs);
     }
 
-    /// Runs a handler for one request and answers with its result.
-    ///
-    /// The handler's future is polled once right here: one that is ready
-    /// at once (an echo, a cache hit) is answered without a task or a
-    /// wake-up, and its answer joins the stream's writes in the same pass.
-    /// Only a handler that has to wait gets a task of its own.
+    /// Runs a handler for one request and answers with its result (see
+    /// [`start_job`]).
     fn run(driver: &Arc<Shared<R>>, job: Job) {
-        let span = tracing::debug_span!(
-            "handle",
-            stream = %job.stream,
-            request = job.request_id,
-            peer = %job.peer,
-            protocol = %job.protocol,
-        );
-        let mut guard = RespondOnDrop {
-            shared: driver.clone(),
-            stream: job.stream,
-            request_id: job.request_id,
-            armed: true,
-        };
-        let Job {
-            peer,
-            body,
-            handler,
-            ..
-        } = job;
-        let mut answer =
-            Box::pin(AssertUnwindSafe(async move { handler(peer, body).await }).catch_unwind());
-        let first = {
-            let _entered = span.enter();
-            // A no-op waker is enough: if the handler is not ready, the
-            // task below polls it again at once with its own waker.
-            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-            answer.as_mut().poll(&mut cx)
-        };
-        match first {
-            Poll::Ready(result) => {
-                guard.respond(result.unwrap_or_else(|_| Err("handler panicked".to_owned())));
-            }
-            Poll::Pending => {
-                let task = async move {
-                    let result = answer
-                        .await
-                        .unwrap_or_else(|_| Err("handler panicked".to_owned()));
-                    guard.respond(result);
-                };
-                driver.node.runtime().spawn(Box::pin(task.instrument(span)));
-            }
+        if let Some((stream, id, result, deflated)) = start_job(driver, job) {
+            driver
+                .with_core(|state, now| state.core.respond_with(stream, id, result, deflated, now));
+        }
+    }
+
+    /// Runs the handlers of one drain; those ready at once are answered
+    /// together, under one lock.
+    fn run_all(driver: &Arc<Shared<R>>, jobs: Vec<Job>) {
+        let answers: Vec<_> = jobs
+            .into_iter()
+            .filter_map(|job| start_job(driver, job))
+            .collect();
+        if !answers.is_empty() {
+            driver.with_core(|state, now| {
+                for (stream, id, result, deflated) in answers {
+                    state.core.respond_with(stream, id, result, deflated, now);
+                }
+            });
         }
     }
 
@@ -271,8 +270,12 @@ impl<R: Runtime> Side<R> for State {
         self.core.wants_data(id)
     }
 
-    fn handle_data(&mut self, id: StreamId, data: &[u8], now: Instant) {
+    fn handle_data(&mut self, id: StreamId, data: BytesMut, now: Instant) {
         self.core.handle_data(id, data, now);
+    }
+
+    fn pull(&mut self, id: StreamId) -> Option<Bytes> {
+        self.core.poll_transmit_on(id)
     }
 
     fn handle_flushed(&mut self, id: StreamId, n: usize, now: Instant) {
@@ -312,6 +315,67 @@ impl<R: Runtime> Side<R> for State {
     }
 }
 
+/// Runs a handler for one request.
+///
+/// The handler's future is polled once right here: the answer of one that
+/// is ready at once (an echo, a cache hit) is returned, for the caller to
+/// give to the core without a task or a wake-up (its answer joins the
+/// stream's writes in the same pass). Only a handler that has to wait gets
+/// a task of its own, which answers by itself.
+fn start_job<R: Runtime>(driver: &Arc<Shared<R>>, job: Job) -> Option<Answer> {
+    let span = tracing::debug_span!(
+        "handle",
+        stream = %job.stream,
+        request = job.request_id,
+        peer = %job.peer,
+        protocol = %job.protocol,
+    );
+    let mut guard = RespondOnDrop {
+        shared: driver.clone(),
+        stream: job.stream,
+        request_id: job.request_id,
+        deflate: job.deflate,
+        armed: true,
+    };
+    let Job {
+        peer,
+        body,
+        handler,
+        ..
+    } = job;
+    let mut answer =
+        Box::pin(AssertUnwindSafe(async move { handler(peer, body).await }).catch_unwind());
+    let first = {
+        let _entered = span.enter();
+        // A no-op waker is enough: if the handler is not ready, the
+        // task below polls it again at once with its own waker.
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        answer.as_mut().poll(&mut cx)
+    };
+    match first {
+        Poll::Ready(result) => {
+            guard.armed = false;
+            let result = result.unwrap_or_else(|_| Err("handler panicked".to_owned()));
+            Some(deflated_answer(
+                guard.stream,
+                guard.request_id,
+                result,
+                guard.deflate,
+            ))
+        }
+        Poll::Pending => {
+            let task = async move {
+                let result = answer
+                    .await
+                    .unwrap_or_else(|_| Err("handler panicked".to_owned()));
+                guard.respond(result);
+            };
+            driver.node.runtime().spawn(Box::pin(task.instrument(span)));
+            None
+        }
+    }
+}
+
 impl<R: Runtime> Shared<R> {
     /// A peer opened a stream for one of our protocols.
     fn inbound(&self, peer: PeerId, protocol: Protocol, stream: libp2p::Stream) {
@@ -347,15 +411,17 @@ struct RespondOnDrop<R: Runtime> {
     shared: Arc<Shared<R>>,
     stream: StreamId,
     request_id: u64,
+    deflate: Option<usize>,
     armed: bool,
 }
 
 impl<R: Runtime> RespondOnDrop<R> {
     fn respond(&mut self, result: Result<Bytes, String>) {
         if std::mem::replace(&mut self.armed, false) {
-            let (stream, id) = (self.stream, self.request_id);
+            let (stream, id, result, deflated) =
+                deflated_answer(self.stream, self.request_id, result, self.deflate);
             self.shared
-                .with_core(|state, now| state.core.respond(stream, id, result, now));
+                .with_core(|state, now| state.core.respond_with(stream, id, result, deflated, now));
         }
     }
 }
