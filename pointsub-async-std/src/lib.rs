@@ -91,7 +91,7 @@ pub use pointsub_tokio::{
     NodeError, NodeEvent, NodeRuntime, NodeShutDown, OpenStream, OpenStreamError,
     OpenStreamWithPath, PeerConnection, PeerId, RelayLimits, RequestError, Response, Runtime,
     RuntimeExecutor, ServerConfig, ServerMetrics, StartError, Stream, StreamLimits, StreamProtocol,
-    WithSwarmError, libp2p, net, proto,
+    SwarmObserver, WithSwarmError, libp2p, net, proto,
 };
 pub use rt::AsyncStdRuntime;
 pub use transport::{BuildError, TcpTransport, build_swarm, build_transport};

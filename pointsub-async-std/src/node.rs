@@ -95,7 +95,8 @@ impl NodeRuntime for AsyncStdRuntime {
             )))
             .with_idle_connection_timeout(config.idle_connection_timeout);
         let swarm = Swarm::new(transport, behaviour, peer_id, swarm_config);
-        let node = Node::from_swarm(swarm, self, listen).await?;
+        let observer = config.swarm_observer.clone().map(|o| o.0);
+        let node = Node::from_swarm_observed(swarm, self, listen, observer).await?;
         for addr in config.external_addrs {
             // The node was just started: it runs.
             let _ = node.add_external_address(addr);

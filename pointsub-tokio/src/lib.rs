@@ -86,7 +86,7 @@ pub use libp2p::{self, Multiaddr, PeerId, Stream, StreamProtocol};
 pub use net::{HolePunchOutcome, NatStatus, NodeEvent, PeerConnection, RelayLimits};
 pub use node::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, NodeConfig, NodeError, NodeRuntime,
-    NodeShutDown, WithSwarmError,
+    NodeShutDown, SwarmObserver, WithSwarmError,
 };
 pub use pointsub_proto::{
     self as proto, ClientConfig, ClientMetrics, ClientStats, ConfigError, NodeSource, RequestError,

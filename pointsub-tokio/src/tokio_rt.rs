@@ -150,7 +150,8 @@ impl NodeRuntime for TokioRuntime {
             })
             .with_connection_timeout(config.connect_timeout)
             .build();
-        let node = Node::from_swarm(swarm, self, listen).await?;
+        let observer = config.swarm_observer.clone().map(|o| o.0);
+        let node = Node::from_swarm_observed(swarm, self, listen, observer).await?;
         for addr in config.external_addrs {
             // The node was just started: it runs.
             let _ = node.add_external_address(addr);

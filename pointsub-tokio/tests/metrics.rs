@@ -579,7 +579,19 @@ async fn cli_serve_inner() {
         let e = client.send(peer, FAIL, body(i)).await.expect_err("fails");
         assert!(matches!(e, RequestError::Handler(_)), "{e:?}");
     }
-    let m = parse(&scrape(metrics_addr).await);
+    let text = scrape(metrics_addr).await;
+    // libp2p's own metrics share the registry: the server's swarm counted
+    // the client's connection (libp2p-metrics, through the node's observer).
+    let established: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("libp2p_swarm_connections_established_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        established >= 1.0,
+        "libp2p's swarm metrics in the same scrape:\n{text}"
+    );
+    let m = parse(&text);
     let s = |p: &str, o: &str| {
         m.get(
             "pointsub_server_requests_total",

@@ -65,7 +65,8 @@ use super::behaviour::DEFAULT_OPEN_TIMEOUT;
 use super::common::lock;
 use super::host::Host;
 use super::net::{
-    NatStatus, NetState, NodeBehaviour, NodeEvent, PeerConnection, RelayLimits, net_state,
+    NatStatus, NetBehaviourEvent, NetState, NodeBehaviour, NodeEvent, PeerConnection, RelayLimits,
+    net_state,
 };
 use super::rt::Runtime;
 
@@ -140,6 +141,11 @@ pub struct NodeConfig {
     /// Find peers on the LAN with mDNS (feature `mdns`, tokio only;
     /// ignored elsewhere, with a warning).
     pub mdns: bool,
+    /// Sees every event of the node's swarm before the node handles it:
+    /// for libp2p-metrics' `Metrics::record`, so that one registry holds
+    /// libp2p's swarm and protocol metrics beside pointsub's. `None` by
+    /// default.
+    pub swarm_observer: Option<SwarmObserver>,
     /// How long a connection with no streams stays open. Default 5 min.
     pub idle_connection_timeout: Duration,
     /// Bound on opening one stream (muxer wait plus protocol negotiation).
@@ -164,6 +170,7 @@ impl Default for NodeConfig {
             kad: false,
             bootstrap: Vec::new(),
             mdns: false,
+            swarm_observer: None,
             idle_connection_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -171,7 +178,35 @@ impl Default for NodeConfig {
     }
 }
 
+/// A function that sees every event of a [`Node`]'s swarm (built by
+/// [`Node::new`](crate::Node::new)) before the node handles it; see
+/// [`NodeConfig::with_swarm_observer`]. It runs on the swarm's task: keep
+/// it short.
+#[derive(Clone)]
+pub struct SwarmObserver(pub Observer<NetBehaviourEvent>);
+
+impl SwarmObserver {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn(&SwarmEvent<NetBehaviourEvent>) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl fmt::Debug for SwarmObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SwarmObserver")
+    }
+}
+
 impl NodeConfig {
+    /// Lets `observer` see every event of the node's swarm (e.g. to record
+    /// libp2p-metrics).
+    #[must_use]
+    pub fn with_swarm_observer(mut self, observer: SwarmObserver) -> Self {
+        self.swarm_observer = Some(observer);
+        self
+    }
+
     /// Uses `keypair` as the node's identity.
     #[must_use]
     pub fn with_keypair(mut self, keypair: Keypair) -> Self {
@@ -500,9 +535,25 @@ impl<R: Runtime> Node<R> {
     /// [`NodeError::PeerIdMismatch`] if the behaviour was made for another
     /// identity than the swarm's.
     pub async fn from_swarm<B>(
+        swarm: Swarm<B>,
+        runtime: R,
+        listen_addrs: impl IntoIterator<Item = Multiaddr>,
+    ) -> Result<Self, NodeError>
+    where
+        B: NodeBehaviour + Send + 'static,
+        Swarm<B>: Send,
+        B::ToSwarm: Send,
+    {
+        Self::from_swarm_observed(swarm, runtime, listen_addrs, None).await
+    }
+
+    /// [`Node::from_swarm`], with `observer` seeing every swarm event
+    /// before the node handles it (e.g. to record libp2p-metrics).
+    pub async fn from_swarm_observed<B>(
         mut swarm: Swarm<B>,
         runtime: R,
         listen_addrs: impl IntoIterator<Item = Multiaddr>,
+        observer: Option<Observer<B::ToSwarm>>,
     ) -> Result<Self, NodeError>
     where
         B: NodeBehaviour + Send + 'static,
@@ -546,6 +597,7 @@ impl<R: Runtime> Node<R> {
 
         host.runtime().spawn(Box::pin(drive(
             swarm,
+            observer,
             stop_rx,
             commands_rx,
             listen.clone(),
@@ -729,6 +781,10 @@ impl<R: Runtime> Node<R> {
     }
 }
 
+/// A function that sees each event of a swarm of behaviour events `E`
+/// (see [`Node::from_swarm_observed`]).
+pub type Observer<E> = Arc<dyn Fn(&SwarmEvent<E>) + Send + Sync>;
+
 /// What woke the swarm task.
 enum Step<E> {
     Stop,
@@ -741,6 +797,7 @@ enum Step<E> {
 /// addresses and the network state current, and runs commands.
 async fn drive<B: NodeBehaviour + 'static>(
     mut swarm: Swarm<B>,
+    observer: Option<Observer<B::ToSwarm>>,
     mut stop: oneshot::Receiver<()>,
     mut commands: mpsc::UnboundedReceiver<SwarmCommand>,
     listen: Arc<Mutex<ListenState>>,
@@ -773,20 +830,12 @@ async fn drive<B: NodeBehaviour + 'static>(
         match step {
             Step::Stop => break,
             Step::Command(command) => run_command(&mut swarm, command, &net),
-            Step::Event(event) => match *event {
-                SwarmEvent::Behaviour(event) => {
-                    let mut events = Vec::new();
-                    B::on_behaviour_event(&mut swarm, event, &mut |e| events.push(e));
-                    let mut state = net_state(&net);
-                    for event in events {
-                        state.emit(event);
-                    }
+            Step::Event(event) => {
+                if let Some(observe) = &observer {
+                    observe(&event);
                 }
-                event => {
-                    net_state(&net).on_swarm_event(&event, peer);
-                    on_event(&listen, event);
-                }
-            },
+                on_swarm_step(&mut swarm, *event, &listen, &net, peer);
+            }
         }
     }
     tracing::debug!(%peer, "swarm task stopped");
@@ -794,6 +843,30 @@ async fn drive<B: NodeBehaviour + 'static>(
     // Controls down; dropping the subscribers ends their event streams.
     drop(swarm);
     drop(std::mem::take(&mut *net_state(&net)));
+}
+
+/// Handles one event of the swarm task's swarm.
+fn on_swarm_step<B: NodeBehaviour + 'static>(
+    swarm: &mut Swarm<B>,
+    event: SwarmEvent<B::ToSwarm>,
+    listen: &Mutex<ListenState>,
+    net: &Mutex<NetState>,
+    peer: PeerId,
+) {
+    match event {
+        SwarmEvent::Behaviour(event) => {
+            let mut events = Vec::new();
+            B::on_behaviour_event(swarm, event, &mut |e| events.push(e));
+            let mut state = net_state(net);
+            for event in events {
+                state.emit(event);
+            }
+        }
+        event => {
+            net_state(net).on_swarm_event(&event, peer);
+            on_event(listen, event);
+        }
+    }
 }
 
 fn run_command<B: NodeBehaviour + 'static>(

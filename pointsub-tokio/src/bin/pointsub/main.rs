@@ -456,6 +456,15 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     if let Some(seed) = args.key_seed {
         config = config.with_keypair(seeded_keypair(seed)?);
     }
+    // The endpoint first, so that the node's swarm events reach
+    // libp2p-metrics in the same registry from the start.
+    let endpoint = match args.metrics {
+        Some(addr) => Some(prom::start(addr).await?),
+        None => None,
+    };
+    if let Some(endpoint) = &endpoint {
+        config = config.with_swarm_observer(endpoint.observer());
+    }
     let node = Node::new(config).await?;
     reach::check_reservations(&node, &args.relay).await?;
     reach::log_events(&node);
@@ -470,10 +479,6 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
         server_config = server_config.with_slow_handler_threshold(Duration::from_millis(ms.max(1)));
     }
     let server = Server::new(&node, server_config)?;
-    let endpoint = match args.metrics {
-        Some(addr) => Some(prom::start(addr).await?),
-        None => None,
-    };
     if let Some(endpoint) = &endpoint {
         endpoint.metrics.add_server(&server);
     }
