@@ -227,15 +227,12 @@ pub struct ClientStats {
 impl ClientStats {
     /// The statistics of one protocol label, if it was seen.
     pub fn protocol(&self, label: &str) -> Option<&ProtocolStats> {
-        self.protocols
-            .iter()
-            .find(|(l, _)| l == label)
-            .map(|(_, s)| s)
+        find_protocol(&self.protocols, label)
     }
 
     /// Requests not ended yet, over all protocols.
     pub fn in_flight(&self) -> u64 {
-        self.protocols.iter().map(|(_, s)| s.in_flight).sum()
+        protocols_in_flight(&self.protocols)
     }
 
     /// Adds `other` (another client's snapshot) to this one.
@@ -250,15 +247,34 @@ impl ClientStats {
     /// The counters only: gauges (in flight, pool) set to zero, as for a
     /// client that is gone.
     pub fn retired(&self) -> ClientStats {
-        let mut protocols = self.protocols.clone();
-        for (_, s) in &mut protocols {
-            s.in_flight = 0;
-        }
+        let protocols = retired_protocols(&self.protocols);
         ClientStats {
             protocols,
             ..ClientStats::default()
         }
     }
+}
+
+/// The statistics of protocol `label` in a snapshot's list.
+fn find_protocol<'a>(
+    protocols: &'a [(String, ProtocolStats)],
+    label: &str,
+) -> Option<&'a ProtocolStats> {
+    protocols.iter().find(|(l, _)| l == label).map(|(_, s)| s)
+}
+
+/// Requests in flight over every protocol of a snapshot's list.
+fn protocols_in_flight(protocols: &[(String, ProtocolStats)]) -> u64 {
+    protocols.iter().map(|(_, s)| s.in_flight).sum()
+}
+
+/// A snapshot's per-protocol list with its gauge (in flight) at zero.
+fn retired_protocols(protocols: &[(String, ProtocolStats)]) -> Vec<(String, ProtocolStats)> {
+    let mut protocols = protocols.to_vec();
+    for (_, s) in &mut protocols {
+        s.in_flight = 0;
+    }
+    protocols
 }
 
 /// A snapshot of a server's statistics, from [`crate::Server::stats`].
@@ -276,15 +292,12 @@ pub struct ServerStats {
 impl ServerStats {
     /// The statistics of one protocol, if it was seen.
     pub fn protocol(&self, label: &str) -> Option<&ProtocolStats> {
-        self.protocols
-            .iter()
-            .find(|(l, _)| l == label)
-            .map(|(_, s)| s)
+        find_protocol(&self.protocols, label)
     }
 
     /// Requests admitted and not answered yet, over all protocols.
     pub fn in_flight(&self) -> u64 {
-        self.protocols.iter().map(|(_, s)| s.in_flight).sum()
+        protocols_in_flight(&self.protocols)
     }
 
     /// Adds `other` (another server's snapshot) to this one.
@@ -297,10 +310,7 @@ impl ServerStats {
     /// The counters only: gauges (in flight, admission limit, streams)
     /// set to zero, as for a server that is gone.
     pub fn retired(&self) -> ServerStats {
-        let mut protocols = self.protocols.clone();
-        for (_, s) in &mut protocols {
-            s.in_flight = 0;
-        }
+        let protocols = retired_protocols(&self.protocols);
         ServerStats {
             protocols,
             ..ServerStats::default()
