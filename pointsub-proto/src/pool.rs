@@ -70,7 +70,8 @@ pub struct PoolConfig {
     /// An idle stream is closed after this long (the spec's
     /// `IdleConnTimeout`, 5 min).
     pub idle_timeout: Duration,
-    /// Most requests one stream carries at once (4); `0` counts as 1.
+    /// Most requests one stream carries at once (256, as
+    /// [`ClientConfig`](crate::ClientConfig)'s default); `0` counts as 1.
     pub max_inflight_per_stream: usize,
 }
 
@@ -80,7 +81,7 @@ impl Default for PoolConfig {
             max_idle: 100,
             max_total: 100,
             idle_timeout: Duration::from_secs(5 * 60),
-            max_inflight_per_stream: 4,
+            max_inflight_per_stream: 256,
         }
     }
 }
