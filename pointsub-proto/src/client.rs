@@ -890,13 +890,14 @@ impl Client {
         };
         self.stats.wire_sent(&s.key.1, n);
         let emitted = s.tx.emitted;
-        for &wire in &s.attempts {
-            if self
-                .attempts
-                .get(&wire)
-                .is_some_and(|a| a.phase == Phase::Writing)
-                && !s.tx.out.contains(wire)
-                && !s.write_marks.iter().any(|&(_, w)| w == wire)
+        // The requests whose last byte just went out: each message
+        // finishes once, so each attempt is marked once.
+        for wire in s.tx.out.take_done() {
+            if s.attempts.contains(&wire)
+                && self
+                    .attempts
+                    .get(&wire)
+                    .is_some_and(|a| a.phase == Phase::Writing)
             {
                 s.write_marks.push_back((emitted, wire));
             }
@@ -1048,7 +1049,7 @@ impl Client {
                 key,
                 open: false,
                 decoder: MessageDecoder::new(self.cfg.max_block_size),
-                tx: Outgoing::new(),
+                tx: Outgoing::logging_done(),
                 attempts: BTreeSet::new(),
                 write_marks: VecDeque::new(),
                 opened_at: now,

@@ -1102,8 +1102,14 @@ pub struct OutQueue {
     singles_since_chunk: usize,
     seq: u64,
     /// The payload of a large frame whose header [`OutQueue::poll`] just
-    /// returned alone: a slice of the body, returned by the next poll.
-    split: Option<(u64, Bytes)>,
+    /// returned alone: a slice of the body, returned by the next poll, and
+    /// whether it is its message's last.
+    split: Option<(u64, Bytes, bool)>,
+    /// Whether [`OutQueue::poll`] logs the messages it finishes.
+    log_done: bool,
+    /// Request ids of the messages whose last frame was returned, when
+    /// logged, until taken with [`OutQueue::take_done`].
+    done: Vec<u64>,
 }
 
 /// Frames with a payload at least this large are returned as their header
@@ -1119,6 +1125,30 @@ impl OutQueue {
     /// An empty queue.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty queue that logs the request id of each message whose last
+    /// frame [`poll`](Self::poll) returns, for [`take_done`](Self::take_done):
+    /// a sender learns which messages went out in O(1) per message, not
+    /// by asking [`contains`](Self::contains) of each.
+    pub fn logging_done() -> Self {
+        Self {
+            log_done: true,
+            ..Self::default()
+        }
+    }
+
+    /// Takes the request ids logged since the last call (see
+    /// [`logging_done`](Self::logging_done)), in the order their messages
+    /// finished.
+    pub fn take_done(&mut self) -> std::vec::Drain<'_, u64> {
+        self.done.drain(..)
+    }
+
+    fn finished(&mut self, request_id: u64) {
+        if self.log_done {
+            self.done.push(request_id);
+        }
     }
 
     /// Queues a message. `flags` may hold `COMPRESSED` (then `body` is
@@ -1149,8 +1179,11 @@ impl OutQueue {
     /// out as two results: its 16-byte header, then its payload as a slice
     /// of the queued body (no copy). Smaller frames are packed together.
     pub fn poll(&mut self, max_bytes: usize) -> Option<Bytes> {
-        if let Some((_, payload)) = self.split.take() {
+        if let Some((id, payload, last)) = self.split.take() {
             self.queued_bytes -= payload.len();
+            if last {
+                self.finished(id);
+            }
             return Some(payload);
         }
         let first = self.pick()?;
@@ -1176,7 +1209,7 @@ impl OutQueue {
     /// Takes the picked frame off the queue as its header (returned) and
     /// its payload (kept in `split` for the next poll).
     fn emit_split(&mut self, p: Pick) -> Bytes {
-        let (kind, flags, request_id, payload) = match p {
+        let (kind, flags, request_id, payload, last) = match p {
             Pick::Single(i) => {
                 let q = self.singles.remove(i).expect("picked single");
                 self.singles_since_chunk = if self.multis.is_empty() {
@@ -1184,7 +1217,7 @@ impl OutQueue {
                 } else {
                     self.singles_since_chunk + HEADER_LEN + q.body.len()
                 };
-                (q.kind, q.flags, q.request_id, q.body)
+                (q.kind, q.flags, q.request_id, q.body, true)
             }
             Pick::Chunk => {
                 let m = self.multis.front_mut().expect("picked chunk");
@@ -1196,7 +1229,7 @@ impl OutQueue {
                     m.flags
                 };
                 let payload = m.body.slice(m.sent..end);
-                let out = (m.kind, flags, m.request_id, payload);
+                let out = (m.kind, flags, m.request_id, payload, !more);
                 m.sent = end;
                 if !more {
                     self.multis.pop_front();
@@ -1213,7 +1246,7 @@ impl OutQueue {
             len,
         };
         self.queued_bytes -= HEADER_LEN;
-        self.split = Some((request_id, payload));
+        self.split = Some((request_id, payload, last));
         Bytes::copy_from_slice(&header.to_bytes())
     }
 
@@ -1239,7 +1272,9 @@ impl OutQueue {
     /// Whether any bytes of a message with this request id are still queued
     /// (`false` once its last frame has been returned by [`poll`](Self::poll)).
     pub fn contains(&self, request_id: u64) -> bool {
-        self.split.as_ref().is_some_and(|(id, _)| *id == request_id)
+        self.split
+            .as_ref()
+            .is_some_and(|(id, ..)| *id == request_id)
             || self
                 .singles
                 .iter()
@@ -1260,7 +1295,7 @@ impl OutQueue {
     /// Number of messages queued (a started one included; a message whose
     /// last payload is still to come counts).
     pub fn len(&self) -> usize {
-        let tail = self.split.as_ref().is_some_and(|(id, _)| {
+        let tail = self.split.as_ref().is_some_and(|(id, ..)| {
             self.multis
                 .front()
                 .is_none_or(|m| m.request_id != *id || m.sent == 0)
@@ -1323,6 +1358,7 @@ impl OutQueue {
             Pick::Single(i) => {
                 let q = self.singles.remove(i).expect("picked single");
                 encode_frame(out, q.kind, q.flags, q.request_id, &q.body);
+                self.finished(q.request_id);
                 let n = HEADER_LEN + q.body.len();
                 self.queued_bytes -= n;
                 self.singles_since_chunk = if self.multis.is_empty() {
@@ -1343,8 +1379,10 @@ impl OutQueue {
                 };
                 encode_frame(out, m.kind, flags, m.request_id, &m.body[m.sent..end]);
                 m.sent = end;
+                let id = m.request_id;
                 if !more {
                     self.multis.pop_front();
+                    self.finished(id);
                 }
                 self.queued_bytes -= HEADER_LEN + n;
                 self.singles_since_chunk = 0;

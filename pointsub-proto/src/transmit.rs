@@ -39,8 +39,18 @@ pub(crate) struct Outgoing {
 
 impl Outgoing {
     pub(crate) fn new() -> Self {
+        Self::with_queue(OutQueue::new())
+    }
+
+    /// A sending side whose queue logs the messages it finishes
+    /// ([`OutQueue::logging_done`]).
+    pub(crate) fn logging_done() -> Self {
+        Self::with_queue(OutQueue::logging_done())
+    }
+
+    fn with_queue(out: OutQueue) -> Self {
         Outgoing {
-            out: OutQueue::new(),
+            out,
             emitted: 0,
             flushed: 0,
             in_ready: false,
