@@ -209,27 +209,38 @@ pub(crate) struct OpenRequest {
     protocol: Protocol,
 }
 
+/// What a drain of the client core leaves for after the lock.
+pub(crate) enum Work {
+    /// Open a stream.
+    Open(OpenRequest),
+    /// Tell a caller its request's outcome (sending wakes its task, which
+    /// is not done under the lock).
+    Complete(Waiter, Result<pointsub_proto::Response, RequestError>),
+}
+
 type Shared<R> = Driver<R, State>;
 
 impl<R: Runtime> Side<R> for State {
-    type Work = OpenRequest;
+    type Work = Work;
+    /// Nothing the client's work does goes back to the core at once.
+    type Ready = std::convert::Infallible;
 
     fn plumbing(&mut self) -> &mut Plumbing {
         &mut self.plumbing
     }
 
-    fn drain(&mut self, _now: Instant, wakers: &mut Wakers, opens: &mut Vec<OpenRequest>) {
+    fn drain(&mut self, _now: Instant, wakers: &mut Wakers, work: &mut Vec<Work>) {
         while let Some(event) = self.core.poll_event() {
             match event {
                 ClientEvent::OpenStream {
                     stream,
                     peer,
                     protocol,
-                } => opens.push(OpenRequest {
+                } => work.push(Work::Open(OpenRequest {
                     stream,
                     peer,
                     protocol,
-                }),
+                })),
                 ClientEvent::CloseStream { stream } => {
                     self.plumbing.close(stream, Close::Graceful, wakers);
                 }
@@ -243,8 +254,7 @@ impl<R: Runtime> Side<R> for State {
                 } => {
                     tracing::debug!(request = %id, attempts, ok = result.is_ok(), "request completed");
                     if let Some(waiter) = self.waiters.remove(&id) {
-                        // The caller may have gone; nothing to do then.
-                        let _ = waiter.send(result);
+                        work.push(Work::Complete(waiter, result));
                     }
                 }
                 ClientEvent::SlowRequest {
@@ -279,30 +289,24 @@ impl<R: Runtime> Side<R> for State {
         }
     }
 
-    /// Opens a stream the core asked for, in the background.
-    fn run(driver: &Arc<Shared<R>>, req: OpenRequest) {
-        let this = driver.clone();
-        let node = driver.node.clone();
-        let span = tracing::debug_span!("open", stream = %req.stream, protocol = %req.protocol);
-        let task = async move {
-            if host_shut_down(&node) {
-                opened(&this, req.stream, Err(OpenFailure::LocalShutdown));
-                return;
+    /// Opens the streams the core asked for, in the background, and tells
+    /// callers their outcomes.
+    fn run_all(driver: &Arc<Shared<R>>, work: Vec<Work>) -> Vec<Self::Ready> {
+        for w in work {
+            match w {
+                Work::Open(req) => open(driver, req),
+                // The caller may have gone; nothing to do then.
+                Work::Complete(waiter, result) => drop(waiter.send(result)),
             }
-            let target = peer_id(&req.peer)
-                .ok_or_else(|| OpenFailure::Unreachable("peer key is not a libp2p PeerId".into()));
-            let protocol = StreamProtocol::try_from_owned(req.protocol.as_str().to_owned())
-                .map_err(|_| OpenFailure::UnsupportedProtocol);
-            let result = match (target, protocol) {
-                (Ok(peer), Ok(protocol)) => node
-                    .open_stream_with_path(peer, protocol)
-                    .await
-                    .map_err(open_failure),
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            };
-            opened(&this, req.stream, result);
-        };
-        driver.node.runtime().spawn(Box::pin(task.instrument(span)));
+        }
+        Vec::new()
+    }
+
+    fn hand_in(&mut self, ready: Vec<Self::Ready>, _now: Instant) {
+        match ready.into_iter().next() {
+            None => {}
+            Some(never) => match never {},
+        }
     }
 
     fn wants_read(&self, _id: StreamId) -> bool {
@@ -486,6 +490,33 @@ impl<R: Runtime> Drop for CancelOnDrop<'_, R> {
             });
         }
     }
+}
+
+/// Opens a stream the core asked for, in the background, and reports the
+/// outcome to the core.
+fn open<R: Runtime>(driver: &Arc<Shared<R>>, req: OpenRequest) {
+    let this = driver.clone();
+    let node = driver.node.clone();
+    let span = tracing::debug_span!("open", stream = %req.stream, protocol = %req.protocol);
+    let task = async move {
+        if host_shut_down(&node) {
+            opened(&this, req.stream, Err(OpenFailure::LocalShutdown));
+            return;
+        }
+        let target = peer_id(&req.peer)
+            .ok_or_else(|| OpenFailure::Unreachable("peer key is not a libp2p PeerId".into()));
+        let protocol = StreamProtocol::try_from_owned(req.protocol.as_str().to_owned())
+            .map_err(|_| OpenFailure::UnsupportedProtocol);
+        let result = match (target, protocol) {
+            (Ok(peer), Ok(protocol)) => node
+                .open_stream_with_path(peer, protocol)
+                .await
+                .map_err(open_failure),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        opened(&this, req.stream, result);
+    };
+    driver.node.runtime().spawn(Box::pin(task.instrument(span)));
 }
 
 /// Whether the host this driver sends from has shut down (its swarm, a

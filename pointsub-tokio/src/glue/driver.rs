@@ -10,6 +10,13 @@
 //! the core owns the only window and the only packing rule. Whoever else
 //! has news (a user call, the timer) locks the core, feeds it, and wakes,
 //! after unlocking, the stream tasks the core says have bytes to pull.
+//!
+//! What the news starts runs after the lock is released: handlers, stream
+//! opens, the wake-ups of callers whose requests ended. What it produces
+//! at once for the core (the answers of handlers that were ready when
+//! first polled) the stream's task carries into its next round's lock,
+//! with that round's bytes: one lock per round, however many requests
+//! the round carried.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -176,23 +183,28 @@ impl Plumbing {
 }
 
 /// What a stream's task did since it last took the lock.
-pub(crate) struct Io {
+pub(crate) struct Io<T> {
     /// Bytes handed to the stream.
     flushed: usize,
     /// Bytes read from it.
     data: Option<BytesMut>,
     /// Whether its sink took everything it held: pull the next bytes.
     pull: bool,
+    /// What the work of its last round produced for the core.
+    ready: Vec<T>,
 }
 
 /// What the core tells a stream's task, in one lock.
-pub(crate) struct Step {
+pub(crate) struct Step<T> {
     /// The next bytes to write (only when asked to pull).
     out: Option<Bytes>,
     /// How to end the stream, once `out` and what the core still has are written.
     close: Option<Close>,
     /// Whether to read more now.
     wants_read: bool,
+    /// What the news of this round produced at once for the core, run
+    /// after the lock was released: the task hands it in next round.
+    ready: Vec<T>,
 }
 
 /// A core as seen by the tasks that serve it.
@@ -200,12 +212,21 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// The runtime the tasks run on.
     type Rt: Runtime;
 
+    /// What work done outside the lock hands back to the core (see
+    /// [`Side::Ready`]).
+    type Ready: Send + Unpin + 'static;
+
     /// The runtime, for timers.
     fn runtime(&self) -> &Self::Rt;
 
-    /// One round of a stream's task, under one lock: reports what it
-    /// wrote and read, pulls its next bytes, registers its waker.
-    fn step(&self, id: StreamId, io: Io, waker: &Waker) -> Step;
+    /// One round of a stream's task, under one lock: hands in what the
+    /// last round's work produced, reports what it wrote and read, pulls
+    /// its next bytes, registers its waker; then, unlocked, runs the work
+    /// this news started.
+    fn step(&self, id: StreamId, io: Io<Self::Ready>, waker: &Waker) -> Step<Self::Ready>;
+
+    /// Hands what a finished task still carried to the core.
+    fn hand_in(&self, ready: Vec<Self::Ready>);
 
     /// The remote closed its side (`reset == false`) or the stream broke.
     /// Returns whether the core may still write on it.
@@ -244,6 +265,7 @@ pub(crate) fn spawn_stream<E: Engine>(
         engine: engine.clone(),
         id,
         stream: Some(stream),
+        ready: Vec::new(),
         out: None,
         unflushed: false,
         read_open: true,
@@ -262,6 +284,8 @@ struct StreamTask<E: Engine> {
     id: StreamId,
     /// `None` once finished.
     stream: Option<Stream>,
+    /// What its last round's work produced, for the core's next lock.
+    ready: Vec<E::Ready>,
     /// The rest of the bytes pulled last: the task's only buffer.
     out: Option<Bytes>,
     unflushed: bool,
@@ -276,14 +300,24 @@ struct StreamTask<E: Engine> {
 
 impl<E: Engine> StreamTask<E> {
     fn finish(&mut self) -> Poll<()> {
+        self.hand_in();
         if self.stream.take().is_some() {
             self.engine.on_finished(self.id);
         }
         Poll::Ready(())
     }
 
+    /// Gives the core what the task still carries, so nothing is lost
+    /// when it ends between rounds.
+    fn hand_in(&mut self) {
+        if !self.ready.is_empty() {
+            self.engine.hand_in(std::mem::take(&mut self.ready));
+        }
+    }
+
     fn broken(&mut self, error: std::io::Error) -> Poll<()> {
         tracing::debug!(stream = %self.id, %error, "stream broke");
+        self.hand_in();
         self.engine.on_end(self.id, true);
         self.finish()
     }
@@ -335,7 +369,7 @@ impl<E: Engine> Future for StreamTask<E> {
                 }
             }
             let pull = this.out.is_none();
-            let news = flushed > 0 || data.is_some();
+            let news = flushed > 0 || data.is_some() || !this.ready.is_empty();
             // One lock: report, pull, hear about closes. Skipped when
             // there is nothing to say or take (a full sink, nothing read)
             // after the first round of this wake-up.
@@ -347,11 +381,17 @@ impl<E: Engine> Future for StreamTask<E> {
                         flushed,
                         data,
                         pull,
+                        ready: std::mem::take(&mut this.ready),
                     },
                     cx.waker(),
                 );
                 this.wants_read = step.wants_read;
                 this.closing = step.close;
+                if !step.ready.is_empty() {
+                    // Answers to hand in: another round, at once.
+                    this.ready = step.ready;
+                    pulled = true;
+                }
                 if let Some(out) = step.out {
                     this.out = Some(out);
                     pulled = true;
@@ -359,6 +399,7 @@ impl<E: Engine> Future for StreamTask<E> {
             }
             if eof {
                 this.read_open = false;
+                this.hand_in();
                 if !this.engine.on_end(this.id, false) {
                     return this.finish();
                 }
@@ -401,6 +442,7 @@ impl<E: Engine> Drop for StreamTask<E> {
     fn drop(&mut self) {
         // Dropped unfinished (the runtime shut down): the core must learn
         // the stream is gone so its requests end.
+        self.hand_in();
         if self.stream.is_some() {
             self.engine.on_end(self.id, true);
             self.engine.on_finished(self.id);
@@ -468,6 +510,11 @@ pub(crate) trait Side<R: Runtime>: Send + Sized + 'static {
     /// What a drain asks to be done once the lock is released.
     type Work: Send;
 
+    /// What doing the work produces at once for the core (a server's
+    /// answers of handlers ready when first polled), handed in under the
+    /// next lock by [`Side::hand_in`].
+    type Ready: Send + Unpin + 'static;
+
     /// The write queues and timer bookkeeping.
     fn plumbing(&mut self) -> &mut Plumbing;
 
@@ -480,16 +527,12 @@ pub(crate) trait Side<R: Runtime>: Send + Sized + 'static {
         work: &mut Vec<Self::Work>,
     );
 
-    /// Carries out one piece of work, outside the lock (spawns a task).
-    fn run(driver: &Arc<Driver<R, Self>>, work: Self::Work);
+    /// Carries out the work of one drain, outside the lock; returns what
+    /// it produced at once for the core.
+    fn run_all(driver: &Arc<Driver<R, Self>>, work: Vec<Self::Work>) -> Vec<Self::Ready>;
 
-    /// Carries out the work of one drain, outside the lock: by default
-    /// each piece in turn.
-    fn run_all(driver: &Arc<Driver<R, Self>>, work: Vec<Self::Work>) {
-        for w in work {
-            Self::run(driver, w);
-        }
-    }
+    /// Gives the core what work produced (under the lock; drained after).
+    fn hand_in(&mut self, ready: Vec<Self::Ready>, now: pointsub_proto::Instant);
 
     /// Whether the core wants more bytes from the stream now (false while
     /// its answers on it back up: the remote then stalls on its own writes).
@@ -625,29 +668,51 @@ impl<R: Runtime, S: Side<R>> Driver<R, S> {
             out
         };
         wakers.wake();
-        if !work.is_empty()
-            && let Some(this) = self.handle()
-        {
-            S::run_all(&this, work);
-        }
+        self.run_work(work);
         out
+    }
+
+    /// Carries out a drain's work outside the lock, handing what it
+    /// produced back to the core (one lock per pass) until none is left.
+    fn run_work(&self, mut work: Vec<S::Work>) {
+        while !work.is_empty() {
+            let Some(this) = self.handle() else {
+                return;
+            };
+            let ready = S::run_all(&this, std::mem::take(&mut work));
+            if ready.is_empty() {
+                return;
+            }
+            let mut wakers = Wakers::default();
+            {
+                let mut state = lock(&self.state);
+                let now = self.now();
+                state.hand_in(ready, now);
+                state.drain(now, &mut wakers, &mut work);
+            }
+            wakers.wake();
+        }
     }
 }
 
 impl<R: Runtime, S: Side<R>> Engine for Driver<R, S> {
     type Rt = R;
+    type Ready = S::Ready;
 
     fn runtime(&self) -> &R {
         self.node.runtime()
     }
 
-    fn step(&self, id: StreamId, io: Io, waker: &Waker) -> Step {
+    fn step(&self, id: StreamId, io: Io<S::Ready>, waker: &Waker) -> Step<S::Ready> {
         let mut wakers = Wakers::default();
         let mut work = Vec::new();
         let mut state = lock(&self.state);
         state.plumbing().running(id);
-        if io.flushed > 0 || io.data.is_some() {
+        if io.flushed > 0 || io.data.is_some() || !io.ready.is_empty() {
             let now = self.now();
+            if !io.ready.is_empty() {
+                state.hand_in(io.ready, now);
+            }
             if io.flushed > 0 {
                 state.handle_flushed(id, io.flushed, now);
             }
@@ -656,27 +721,28 @@ impl<R: Runtime, S: Side<R>> Engine for Driver<R, S> {
             }
             state.drain(now, &mut wakers, &mut work);
         }
-        if !work.is_empty() {
-            // What the news started (handlers answered at once, streams to
-            // open) runs outside the lock; their answers are pulled after.
-            drop(state);
-            wakers.wake();
-            wakers = Wakers::default();
-            if let Some(this) = self.handle() {
-                S::run_all(&this, work);
-            }
-            state = lock(&self.state);
-        }
         let out = if io.pull { state.pull(id) } else { None };
         let close = state.plumbing().park(id, waker);
-        let step = Step {
-            out,
-            close,
-            wants_read: state.wants_read(id),
-        };
+        let wants_read = state.wants_read(id);
         drop(state);
         wakers.wake();
-        step
+        // What the news started (handlers, stream opens, callers to tell)
+        // runs outside the lock; what it produced at once goes back to the
+        // task, for its next round's lock.
+        let ready = match self.handle() {
+            Some(this) if !work.is_empty() => S::run_all(&this, work),
+            _ => Vec::new(),
+        };
+        Step {
+            out,
+            close,
+            wants_read,
+            ready,
+        }
+    }
+
+    fn hand_in(&self, ready: Vec<S::Ready>) {
+        self.with_core(|state, now| state.hand_in(ready, now));
     }
 
     fn on_end(&self, id: StreamId, reset: bool) -> bool {

@@ -232,6 +232,7 @@ impl State {
 
 impl<R: Runtime> Side<R> for State {
     type Work = Job;
+    type Ready = Answer;
 
     fn plumbing(&mut self) -> &mut Plumbing {
         &mut self.plumbing
@@ -241,28 +242,18 @@ impl<R: Runtime> Side<R> for State {
         self.drain_into(now, wakers, jobs);
     }
 
-    /// Runs a handler for one request and answers with its result (see
-    /// [`start_job`]).
-    fn run(driver: &Arc<Shared<R>>, job: Job) {
-        if let Some((stream, id, result, deflated)) = start_job(driver, job) {
-            driver
-                .with_core(|state, now| state.core.respond_with(stream, id, result, deflated, now));
-        }
+    /// Runs the handlers of one drain (see [`start_job`]); the answers of
+    /// those ready at once are returned, to be handed in together under
+    /// one lock.
+    fn run_all(driver: &Arc<Shared<R>>, jobs: Vec<Job>) -> Vec<Answer> {
+        jobs.into_iter()
+            .filter_map(|job| start_job(driver, job))
+            .collect()
     }
 
-    /// Runs the handlers of one drain; those ready at once are answered
-    /// together, under one lock.
-    fn run_all(driver: &Arc<Shared<R>>, jobs: Vec<Job>) {
-        let answers: Vec<_> = jobs
-            .into_iter()
-            .filter_map(|job| start_job(driver, job))
-            .collect();
-        if !answers.is_empty() {
-            driver.with_core(|state, now| {
-                for (stream, id, result, deflated) in answers {
-                    state.core.respond_with(stream, id, result, deflated, now);
-                }
-            });
+    fn hand_in(&mut self, answers: Vec<Answer>, now: Instant) {
+        for (stream, id, result, deflated) in answers {
+            self.core.respond_with(stream, id, result, deflated, now);
         }
     }
 
