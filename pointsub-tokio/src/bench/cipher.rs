@@ -1,34 +1,45 @@
 //! The cipher's limit, L: no network at all, only the AEAD that both noise
-//! and libp2p-tls use between Rust peers (ChaCha20-Poly1305), applied as
-//! noise applies it to the bytes of one round trip.
+//! and libp2p-tls use between Rust peers (ChaCha20-Poly1305), run as
+//! libp2p-noise runs it (snow with its ring resolver: ring's
+//! ChaCha20-Poly1305) on the bytes of one round trip.
 //!
 //! A "request" seals the request's wire bytes (the body in pointsub frames)
 //! as the client's noise session would, in transport messages of at most
 //! [`NOISE_MAX_PLAINTEXT`] bytes with a 16-byte tag each, and opens them as
-//! the server's would; then the same for the response, the other way. The
-//! in-flight tasks run on the harness's worker threads, so the row uses
-//! both cores as the other systems do. Its QPS is L in requests per
-//! second; with raw TCP's QPS at the same size, R (the kernel's share),
-//! the harness prints the bound `1 / (1/L + 1/R)` and each system's ratio
-//! to it.
+//! the server's would; then the same for the response, the other way.
+//!
+//! The row is not driven through the harness's closed loop of tasks (whose
+//! own cost per request would then be part of L): [`measure`] runs one
+//! plain loop per CPU on threads of its own for the same warm-up and
+//! window, so the row uses every core and nothing but the cipher. Its QPS
+//! is L in requests per second; with raw TCP's QPS at the same size, R
+//! (the kernel's share), the harness prints the bound `1 / (1/L + 1/R)` and
+//! each system's ratio to it.
 
-use bytes::Bytes;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use super::stats::Failure;
+use futures::FutureExt;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+
+use super::report::Row;
+use super::stats::Recorder;
 use super::{Case, Instance, System};
 use crate::proto::frame::{CHUNK_SIZE, HEADER_LEN};
 
-/// The registry entry.
+/// The registry entry. Its start function refuses: the harness calls
+/// [`measure`] for this row instead (see the module docs).
 pub const SYSTEM: System = System {
     name: NAME,
     describe,
-    start: |case| start(case).boxed(),
+    start: |_case| {
+        async {
+            Err::<Arc<dyn Instance>, _>(
+                "the cipher row is measured by its own loop (bench::cipher::measure)".into(),
+            )
+        }
+        .boxed()
+    },
 };
 
 /// The cipher row's name.
@@ -39,11 +50,12 @@ pub const NAME: &str = "cipher";
 pub const NOISE_MAX_PLAINTEXT: usize = 65535 - 16;
 
 fn describe() -> String {
-    "no network: ChaCha20-Poly1305 (RustCrypto, as snow runs it for libp2p-noise) seals and \
-     opens the wire bytes of each round trip (request and response bodies in pointsub frames, \
-     in noise messages of up to 65519 bytes), on the harness's worker threads: the cipher's \
-     limit L."
-        .to_owned()
+    format!(
+        "no network: ChaCha20-Poly1305 (ring, as snow runs it for libp2p-noise) seals and opens \
+         the wire bytes of each round trip (request and response bodies in pointsub frames, in \
+         noise messages of up to {NOISE_MAX_PLAINTEXT} bytes), one plain loop per CPU on threads \
+         of its own: the cipher's limit L."
+    )
 }
 
 /// The wire bytes of a message whose body is `body` bytes: pointsub frames
@@ -54,38 +66,43 @@ pub fn wire_len(body: usize) -> usize {
 
 /// One direction of a noise session: a key and its message counter.
 struct Session {
-    aead: ChaCha20Poly1305,
-    counter: AtomicU64,
+    key: LessSafeKey,
+    counter: u64,
 }
 
 impl Session {
     fn new(key: [u8; 32]) -> Self {
-        Session {
-            aead: ChaCha20Poly1305::new(Key::from_slice(&key)),
-            counter: AtomicU64::new(0),
-        }
+        // A 32-byte key is always accepted for ChaCha20-Poly1305.
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &key).map_or_else(
+            |_| unreachable!("ChaCha20-Poly1305 takes 32-byte keys"),
+            LessSafeKey::new,
+        );
+        Session { key, counter: 0 }
     }
 
-    /// Noise's nonce: 4 zero bytes, then the counter little-endian.
+    /// Noise's nonce for ChaCha20-Poly1305: 4 zero bytes, then the counter
+    /// little-endian.
     fn nonce(n: u64) -> Nonce {
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&n.to_le_bytes());
-        *Nonce::from_slice(&nonce)
+        Nonce::assume_unique_for_key(nonce)
     }
 
     /// Seals `buf` in noise messages, then opens them again (the peer's
     /// side of the same session), in place. False if a tag did not verify.
-    fn seal_open(&self, buf: &mut [u8]) -> bool {
+    fn seal_open(&mut self, buf: &mut [u8]) -> bool {
         for msg in buf.chunks_mut(NOISE_MAX_PLAINTEXT) {
-            let n = self.counter.fetch_add(1, Ordering::Relaxed);
-            let nonce = Self::nonce(n);
-            let Ok(tag) = self.aead.encrypt_in_place_detached(&nonce, &[], msg) else {
+            let n = self.counter;
+            self.counter += 1;
+            let Ok(tag) = self
+                .key
+                .seal_in_place_separate_tag(Self::nonce(n), Aad::empty(), msg)
+            else {
                 return false;
             };
-            let tag: Tag = tag;
             if self
-                .aead
-                .decrypt_in_place_detached(&nonce, &[], msg, &tag)
+                .key
+                .open_in_place_separate_tag(Self::nonce(n), Aad::empty(), tag, msg, 0..)
                 .is_err()
             {
                 return false;
@@ -95,37 +112,79 @@ impl Session {
     }
 }
 
-struct Cipher {
+/// One loop's round trips: the request's wire bytes sealed and opened
+/// client to server, then the response's server to client.
+struct RoundTrips {
     to_server: Session,
     to_client: Session,
+    buf: Vec<u8>,
 }
 
-async fn start(_case: Case) -> Result<Arc<dyn Instance>, super::BoxError> {
-    Ok(Arc::new(Cipher {
-        to_server: Session::new([7; 32]),
-        to_client: Session::new([9; 32]),
-    }) as Arc<dyn Instance>)
-}
-
-impl Instance for Cipher {
-    fn request(&self, _slot: usize, body: Bytes) -> BoxFuture<'_, Result<Bytes, Failure>> {
-        async move {
-            let mut buf = vec![0u8; wire_len(body.len())];
-            buf[..body.len()].copy_from_slice(&body);
-            if !self.to_server.seal_open(&mut buf) || !self.to_client.seal_open(&mut buf) {
-                return Err(Failure::from("tag did not verify"));
-            }
-            buf.truncate(body.len());
-            // Let the other tasks of this worker run, as a socket would.
-            tokio::task::yield_now().await;
-            Ok(Bytes::from(buf))
+impl RoundTrips {
+    fn new(body: &[u8]) -> Self {
+        let mut buf = vec![0u8; wire_len(body.len())];
+        buf[..body.len()].copy_from_slice(body);
+        RoundTrips {
+            to_server: Session::new([7; 32]),
+            to_client: Session::new([9; 32]),
+            buf,
         }
-        .boxed()
     }
 
-    fn shutdown(&self) -> BoxFuture<'_, ()> {
-        async {}.boxed()
+    fn one(&mut self) -> bool {
+        self.to_server.seal_open(&mut self.buf) && self.to_client.seal_open(&mut self.buf)
     }
+}
+
+/// Measures the row for `case`: one loop per CPU (on threads of its own,
+/// off the runtime) runs round trips for `warmup`, then for `window`; the
+/// row counts those that ended inside the window, with their latencies.
+pub async fn measure(case: Case, body: bytes::Bytes, warmup: Duration, window: Duration) -> Row {
+    let mut row = Row::new(NAME, case, window);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = move || {
+        let start = Instant::now() + warmup;
+        let end = start + window;
+        std::thread::scope(|scope| {
+            let loops: Vec<_> = (0..threads)
+                .map(|_| {
+                    let body = &body;
+                    scope.spawn(move || {
+                        let mut rt = RoundTrips::new(body);
+                        let mut rec = Recorder::default();
+                        loop {
+                            let t = Instant::now();
+                            if t >= end {
+                                break;
+                            }
+                            if !rt.one() {
+                                rec.failure("tag did not verify".into());
+                                continue;
+                            }
+                            if t >= start {
+                                rec.success(t.elapsed());
+                            }
+                        }
+                        rec
+                    })
+                })
+                .collect();
+            let mut all = Recorder::default();
+            for l in loops {
+                match l.join() {
+                    Ok(rec) => all.merge(rec),
+                    Err(_) => all.failure("cipher loop panicked".into()),
+                }
+            }
+            all
+        })
+    };
+    match tokio::task::spawn_blocking(run).await {
+        Ok(all) => row.summary = all.summarize(),
+        Err(e) => row.setup_error = Some(format!("cipher loop failed: {e}")),
+    }
+    row.peak_rss_kib = super::report::peak_rss_kib();
+    row
 }
 
 #[cfg(test)]
@@ -141,12 +200,30 @@ mod tests {
 
     #[test]
     fn seal_then_open_restores_the_bytes() {
-        let s = Session::new([1; 32]);
+        let mut s = Session::new([1; 32]);
         let mut buf: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let orig = buf.clone();
         assert!(s.seal_open(&mut buf));
         assert_eq!(buf, orig);
         // One nonce per noise message: 200,000 bytes take 4.
-        assert_eq!(s.counter.load(Ordering::Relaxed), 4);
+        assert_eq!(s.counter, 4);
+    }
+
+    #[tokio::test]
+    async fn measure_counts_round_trips_in_the_window() {
+        let case = Case {
+            body: 581,
+            in_flight: 1,
+        };
+        let row = measure(
+            case,
+            bytes::Bytes::from(vec![3u8; 581]),
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        )
+        .await;
+        assert!(row.setup_error.is_none());
+        assert_eq!(row.summary.failed(), 0);
+        assert!(row.summary.ok > 0, "no round trip in the window");
     }
 }
