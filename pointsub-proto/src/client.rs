@@ -338,7 +338,9 @@ pub struct Client {
     pool: StreamPool<PoolKey>,
     rng: Rng,
     backoff: Backoff,
-    requests: BTreeMap<RequestId, Req>,
+    /// Boxed: a request is a few hundred bytes, which the map would
+    /// otherwise shift on every insert and remove.
+    requests: BTreeMap<RequestId, Box<Req>>,
     attempts: BTreeMap<u64, Attempt>,
     streams: BTreeMap<StreamId, Stream>,
     ready: VecDeque<StreamId>,
@@ -939,7 +941,7 @@ impl Client {
         self.stats.started(id, &protocol, to, now);
         self.requests.insert(
             id,
-            Req {
+            Box::new(Req {
                 protocol,
                 body,
                 compressed: deflated,
@@ -949,7 +951,7 @@ impl Client {
                 retry_at: None,
                 failures: Vec::new(),
                 ruled_out: BTreeSet::new(),
-            },
+            }),
         );
         if let Some(d) = deadline {
             self.timers.set(Timer::Deadline(id), d);

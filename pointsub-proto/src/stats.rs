@@ -322,6 +322,10 @@ impl ServerStats {
 #[derive(Debug)]
 struct Labels {
     index: BTreeMap<Protocol, usize>,
+    /// The protocol looked up last and its label: most traffic is on one
+    /// protocol, and comparing the same `Arc` is a pointer comparison
+    /// where the map compares the names.
+    last: Option<(Protocol, usize)>,
     entries: Vec<(String, ProtocolStats)>,
     other: Option<usize>,
     cap: usize,
@@ -331,6 +335,7 @@ impl Labels {
     fn new(cap: usize) -> Self {
         Labels {
             index: BTreeMap::new(),
+            last: None,
             entries: Vec::new(),
             other: None,
             cap,
@@ -338,6 +343,17 @@ impl Labels {
     }
 
     fn label(&mut self, p: &Protocol) -> usize {
+        if let Some((last, i)) = &self.last
+            && last == p
+        {
+            return *i;
+        }
+        let i = self.label_slow(p);
+        self.last = Some((p.clone(), i));
+        i
+    }
+
+    fn label_slow(&mut self, p: &Protocol) -> usize {
         if let Some(&i) = self.index.get(p) {
             return i;
         }
