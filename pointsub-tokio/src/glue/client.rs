@@ -457,14 +457,16 @@ impl<R: Runtime> Shared<R> {
             return Err(RequestError::Closed);
         }
         let (tx, rx) = oneshot::channel();
-        let id = self.with_core(|state, now| {
-            if state.plumbing.stopped {
-                return Err(RequestError::Closed);
-            }
-            let id = start(&mut state.core, now)?;
-            state.waiters.insert(id, tx);
-            Ok(id)
-        })?;
+        let id = self
+            .with_core_yielding(|state, now| {
+                if state.plumbing.stopped {
+                    return Err(RequestError::Closed);
+                }
+                let id = start(&mut state.core, now)?;
+                state.waiters.insert(id, tx);
+                Ok(id)
+            })
+            .await?;
         let mut guard = CancelOnDrop {
             shared: self,
             id: Some(id),

@@ -672,6 +672,37 @@ impl<R: Runtime, S: Side<R>> Driver<R, S> {
         out
     }
 
+    /// [`Driver::with_core`] for a task: while another thread holds the
+    /// lock, the task yields to the runtime and tries again instead of
+    /// putting its thread to sleep on the lock, so the thread runs other
+    /// tasks meanwhile (a user call such as a send, contending with a
+    /// stream task's round).
+    pub(crate) async fn with_core_yielding<T>(
+        &self,
+        f: impl FnOnce(&mut S, pointsub_proto::Instant) -> T,
+    ) -> T {
+        let mut wakers = Wakers::default();
+        let mut work = Vec::new();
+        let out = {
+            let mut state = std::future::poll_fn(|cx| match self.state.try_lock() {
+                Ok(guard) => Poll::Ready(guard),
+                Err(std::sync::TryLockError::Poisoned(e)) => Poll::Ready(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            })
+            .await;
+            let now = self.now();
+            let out = f(&mut state, now);
+            state.drain(now, &mut wakers, &mut work);
+            out
+        };
+        wakers.wake();
+        self.run_work(work);
+        out
+    }
+
     /// Carries out a drain's work outside the lock, handing what it
     /// produced back to the core (one lock per pass) until none is left.
     fn run_work(&self, mut work: Vec<S::Work>) {
