@@ -222,11 +222,19 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// One round of a stream's task, under one lock: hands in what the
     /// last round's work produced, reports what it wrote and read, pulls
     /// its next bytes, registers its waker; then, unlocked, runs the work
-    /// this news started.
-    fn step(&self, id: StreamId, io: Io<Self::Ready>, waker: &Waker) -> Step<Self::Ready>;
+    /// this news started. Gives `io` back untouched when another thread
+    /// holds the lock: the task keeps it, yields, and tries again, so its
+    /// thread runs other tasks instead of sleeping on the lock.
+    fn step(
+        &self,
+        id: StreamId,
+        io: Io<Self::Ready>,
+        waker: &Waker,
+    ) -> Result<Step<Self::Ready>, Io<Self::Ready>>;
 
-    /// Hands what a finished task still carried to the core.
-    fn hand_in(&self, ready: Vec<Self::Ready>);
+    /// Hands what a task still carries to the core (waiting for the lock):
+    /// its work's results, and bytes written or read and not yet reported.
+    fn hand_in(&self, id: StreamId, io: Io<Self::Ready>);
 
     /// The remote closed its side (`reset == false`) or the stream broke.
     /// Returns whether the core may still write on it.
@@ -266,6 +274,9 @@ pub(crate) fn spawn_stream<E: Engine>(
         id,
         stream: Some(stream),
         ready: Vec::new(),
+        flushed: 0,
+        data: None,
+        eof: false,
         out: None,
         unflushed: false,
         read_open: true,
@@ -286,6 +297,12 @@ struct StreamTask<E: Engine> {
     stream: Option<Stream>,
     /// What its last round's work produced, for the core's next lock.
     ready: Vec<E::Ready>,
+    /// Bytes written and not yet reported.
+    flushed: usize,
+    /// Bytes read and not yet reported (no more is read meanwhile).
+    data: Option<BytesMut>,
+    /// The remote closed its side; not yet reported.
+    eof: bool,
     /// The rest of the bytes pulled last: the task's only buffer.
     out: Option<Bytes>,
     unflushed: bool,
@@ -310,8 +327,14 @@ impl<E: Engine> StreamTask<E> {
     /// Gives the core what the task still carries, so nothing is lost
     /// when it ends between rounds.
     fn hand_in(&mut self) {
-        if !self.ready.is_empty() {
-            self.engine.hand_in(std::mem::take(&mut self.ready));
+        if !self.ready.is_empty() || self.flushed > 0 || self.data.is_some() {
+            let io = Io {
+                flushed: std::mem::take(&mut self.flushed),
+                data: self.data.take(),
+                pull: false,
+                ready: std::mem::take(&mut self.ready),
+            };
+            self.engine.hand_in(self.id, io);
         }
     }
 
@@ -335,7 +358,6 @@ impl<E: Engine> Future for StreamTask<E> {
                 return Poll::Ready(());
             };
             // Write what we hold, without the lock.
-            let mut flushed = 0;
             while let Some(out) = this.out.as_mut() {
                 match Pin::new(&mut *stream).poll_write(cx, out) {
                     Poll::Ready(Ok(0)) => {
@@ -343,7 +365,7 @@ impl<E: Engine> Future for StreamTask<E> {
                     }
                     Poll::Ready(Ok(n)) => {
                         out.advance(n);
-                        flushed += n;
+                        this.flushed += n;
                         this.unflushed = true;
                         if out.is_empty() {
                             this.out = None;
@@ -353,38 +375,50 @@ impl<E: Engine> Future for StreamTask<E> {
                     Poll::Pending => break,
                 }
             }
-            // Read, unless the core asks to wait until its answers drain
-            // (the writes above, woken by the muxer, make that progress).
-            let mut data = None;
-            let mut eof = false;
-            if this.read_open && this.wants_read {
+            // Read, unless what was read is not reported yet, or the core
+            // asks to wait until its answers drain (the writes above, woken
+            // by the muxer, make that progress).
+            if this.data.is_none() && this.read_open && this.wants_read {
                 if this.buf.len() < MIN_READ {
                     this.buf = BytesMut::zeroed(READ_CHUNK);
                 }
                 match Pin::new(&mut *stream).poll_read(cx, &mut this.buf) {
-                    Poll::Ready(Ok(0)) => eof = true,
-                    Poll::Ready(Ok(n)) => data = Some(this.buf.split_to(n)),
+                    Poll::Ready(Ok(0)) => {
+                        this.read_open = false;
+                        this.eof = true;
+                    }
+                    Poll::Ready(Ok(n)) => this.data = Some(this.buf.split_to(n)),
                     Poll::Ready(Err(e)) => return this.broken(e),
                     Poll::Pending => {}
                 }
             }
             let pull = this.out.is_none();
-            let news = flushed > 0 || data.is_some() || !this.ready.is_empty();
+            let news =
+                this.flushed > 0 || this.data.is_some() || !this.ready.is_empty() || this.eof;
             // One lock: report, pull, hear about closes. Skipped when
             // there is nothing to say or take (a full sink, nothing read)
             // after the first round of this wake-up.
             let mut pulled = false;
             if round == 0 || news || pull {
-                let step = this.engine.step(
-                    this.id,
-                    Io {
-                        flushed,
-                        data,
-                        pull,
-                        ready: std::mem::take(&mut this.ready),
-                    },
-                    cx.waker(),
-                );
+                let io = Io {
+                    flushed: std::mem::take(&mut this.flushed),
+                    data: this.data.take(),
+                    pull,
+                    ready: std::mem::take(&mut this.ready),
+                };
+                let step = match this.engine.step(this.id, io, cx.waker()) {
+                    Ok(step) => step,
+                    Err(io) => {
+                        // The core is busy on another thread: keep what
+                        // there is to report and come back after the
+                        // runtime ran other tasks.
+                        this.flushed = io.flushed;
+                        this.data = io.data;
+                        this.ready = io.ready;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                };
                 this.wants_read = step.wants_read;
                 this.closing = step.close;
                 if !step.ready.is_empty() {
@@ -397,8 +431,8 @@ impl<E: Engine> Future for StreamTask<E> {
                     pulled = true;
                 }
             }
-            if eof {
-                this.read_open = false;
+            if this.eof {
+                this.eof = false;
                 this.hand_in();
                 if !this.engine.on_end(this.id, false) {
                     return this.finish();
@@ -734,10 +768,19 @@ impl<R: Runtime, S: Side<R>> Engine for Driver<R, S> {
         self.node.runtime()
     }
 
-    fn step(&self, id: StreamId, io: Io<S::Ready>, waker: &Waker) -> Step<S::Ready> {
+    fn step(
+        &self,
+        id: StreamId,
+        io: Io<S::Ready>,
+        waker: &Waker,
+    ) -> Result<Step<S::Ready>, Io<S::Ready>> {
         let mut wakers = Wakers::default();
         let mut work = Vec::new();
-        let mut state = lock(&self.state);
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(io),
+        };
         state.plumbing().running(id);
         if io.flushed > 0 || io.data.is_some() || !io.ready.is_empty() {
             let now = self.now();
@@ -764,16 +807,26 @@ impl<R: Runtime, S: Side<R>> Engine for Driver<R, S> {
             Some(this) if !work.is_empty() => S::run_all(&this, work),
             _ => Vec::new(),
         };
-        Step {
+        Ok(Step {
             out,
             close,
             wants_read,
             ready,
-        }
+        })
     }
 
-    fn hand_in(&self, ready: Vec<S::Ready>) {
-        self.with_core(|state, now| state.hand_in(ready, now));
+    fn hand_in(&self, id: StreamId, io: Io<S::Ready>) {
+        self.with_core(|state, now| {
+            if !io.ready.is_empty() {
+                state.hand_in(io.ready, now);
+            }
+            if io.flushed > 0 {
+                state.handle_flushed(id, io.flushed, now);
+            }
+            if let Some(data) = io.data {
+                state.handle_data(id, data, now);
+            }
+        });
     }
 
     fn on_end(&self, id: StreamId, reset: bool) -> bool {
