@@ -692,18 +692,7 @@ impl<R: Runtime, S: Side<R>> Driver<R, S> {
     /// Runs `f` on the side's state, drains the core, then wakes the tasks
     /// with work and carries out the rest after releasing the lock.
     pub(crate) fn with_core<T>(&self, f: impl FnOnce(&mut S, pointsub_proto::Instant) -> T) -> T {
-        let mut wakers = Wakers::default();
-        let mut work = Vec::new();
-        let out = {
-            let mut state = lock(&self.state);
-            let now = self.now();
-            let out = f(&mut state, now);
-            state.drain(now, &mut wakers, &mut work);
-            out
-        };
-        wakers.wake();
-        self.run_work(work);
-        out
+        self.with_locked(lock(&self.state), f)
     }
 
     /// [`Driver::with_core`] for a task: while another thread holds the
@@ -715,23 +704,31 @@ impl<R: Runtime, S: Side<R>> Driver<R, S> {
         &self,
         f: impl FnOnce(&mut S, pointsub_proto::Instant) -> T,
     ) -> T {
+        let state = std::future::poll_fn(|cx| match self.state.try_lock() {
+            Ok(guard) => Poll::Ready(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Poll::Ready(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await;
+        self.with_locked(state, f)
+    }
+
+    /// Runs `f` on the locked state and drains the core; then, with the
+    /// lock released, wakes the tasks with work and carries out the rest.
+    fn with_locked<T>(
+        &self,
+        mut state: MutexGuard<'_, S>,
+        f: impl FnOnce(&mut S, pointsub_proto::Instant) -> T,
+    ) -> T {
         let mut wakers = Wakers::default();
         let mut work = Vec::new();
-        let out = {
-            let mut state = std::future::poll_fn(|cx| match self.state.try_lock() {
-                Ok(guard) => Poll::Ready(guard),
-                Err(std::sync::TryLockError::Poisoned(e)) => Poll::Ready(e.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-            })
-            .await;
-            let now = self.now();
-            let out = f(&mut state, now);
-            state.drain(now, &mut wakers, &mut work);
-            out
-        };
+        let now = self.now();
+        let out = f(&mut state, now);
+        state.drain(now, &mut wakers, &mut work);
+        drop(state);
         wakers.wake();
         self.run_work(work);
         out
