@@ -194,6 +194,21 @@ pub enum ClientEvent {
         /// Attempts that were started (at most `max_retries + 1`).
         attempts: u32,
     },
+    /// A response arrived deflated and the core defers inflating
+    /// ([`Client::defer_inflate`]): inflate `body` with
+    /// [`compress::decompress`] and `limit`, outside any lock, and report
+    /// the result with [`Client::handle_inflated`]. The request ends then
+    /// (or earlier, if it times out or is cancelled meanwhile).
+    Inflate {
+        /// The request.
+        id: RequestId,
+        /// The node that answered (given back to [`Client::handle_inflated`]).
+        peer: PeerKey,
+        /// The response body as it travelled.
+        body: Bytes,
+        /// Largest inflated body accepted (the block size).
+        limit: usize,
+    },
     /// The request has been running for
     /// [`ClientConfig::slow_request_threshold`] and has not ended: emitted
     /// once per request, when it crosses the threshold (rate-limited, see
@@ -233,6 +248,9 @@ struct Req {
     failures: Vec<NodeFailure>,
     /// Send-closest: nodes ruled out for the rest of the request.
     ruled_out: BTreeSet<PeerKey>,
+    /// Nodes whose deflated response the adapter is inflating: the request
+    /// waits for their outcome before it fails or retries.
+    inflating: Vec<PeerKey>,
 }
 
 impl Req {
@@ -355,6 +373,9 @@ pub struct Client {
     metrics: ClientMetrics,
     stats: ClientBook,
     closed: bool,
+    /// Deflated responses are handed to the adapter to inflate
+    /// ([`Client::defer_inflate`]).
+    defer_inflate: bool,
 }
 
 impl Client {
@@ -385,7 +406,18 @@ impl Client {
             next_wire: 1,
             metrics: ClientMetrics::default(),
             closed: false,
+            defer_inflate: false,
         })
+    }
+
+    /// Defers inflating deflated responses to the adapter: the core emits
+    /// [`ClientEvent::Inflate`] instead of inflating in
+    /// [`Client::handle_data`], so that an adapter that runs the core
+    /// under a lock inflates (up to the block size: milliseconds for a
+    /// large body) without holding it. Off by default: the core inflates.
+    /// Applies to streams opened after the call.
+    pub fn defer_inflate(&mut self, on: bool) {
+        self.defer_inflate = on;
     }
 
     // ----- getters -----
@@ -694,7 +726,14 @@ impl Client {
                 Ok(Some(Decoded::Message(msg))) => {
                     let peer = s.key.0.clone();
                     self.peer_deflate.insert(peer, msg.accept_deflate);
-                    self.on_message(stream, msg.kind, msg.request_id, msg.body, now);
+                    self.on_message(
+                        stream,
+                        msg.kind,
+                        msg.request_id,
+                        msg.deflated,
+                        msg.body,
+                        now,
+                    );
                 }
                 Ok(Some(Decoded::Oversize {
                     request_id, limit, ..
@@ -705,6 +744,44 @@ impl Client {
                     let err = RequestError::Protocol(e.to_string());
                     self.fail_stream(stream, err.clone(), err, true, now);
                     return;
+                }
+            }
+        }
+        self.drain_pool(now);
+    }
+
+    /// The adapter inflated the body of a [`ClientEvent::Inflate`]: the
+    /// request ends with the response, or, if the body did not inflate
+    /// within the limit, with [`RequestError::Oversize`] (too large) or
+    /// [`RequestError::Protocol`] (corrupt) once no hedged sibling is left
+    /// to answer. Ignored when the request ended meanwhile.
+    pub fn handle_inflated(
+        &mut self,
+        id: RequestId,
+        peer: PeerKey,
+        result: Result<Bytes, compress::DecompressError>,
+        now: Instant,
+    ) {
+        let Some(req) = self.requests.get_mut(&id) else {
+            return;
+        };
+        let Some(at) = req.inflating.iter().position(|p| *p == peer) else {
+            return;
+        };
+        req.inflating.swap_remove(at);
+        match result {
+            Ok(body) => self.finish(id, Ok(Response { body, peer }), now),
+            Err(e) => {
+                let err = match e {
+                    compress::DecompressError::TooLarge { limit } => RequestError::Oversize {
+                        size: limit.saturating_add(1),
+                        limit,
+                        side: Side::Local,
+                    },
+                    other => RequestError::Protocol(format!("response body: {other}")),
+                };
+                if req.live.is_empty() && req.inflating.is_empty() {
+                    self.finish(id, Err(err), now);
                 }
             }
         }
@@ -951,6 +1028,7 @@ impl Client {
                 retry_at: None,
                 failures: Vec::new(),
                 ruled_out: BTreeSet::new(),
+                inflating: Vec::new(),
             }),
         );
         if let Some(d) = deadline {
@@ -1050,7 +1128,11 @@ impl Client {
             Stream {
                 key,
                 open: false,
-                decoder: MessageDecoder::new(self.cfg.max_block_size),
+                decoder: {
+                    let mut d = MessageDecoder::new(self.cfg.max_block_size);
+                    d.defer_inflate(self.defer_inflate);
+                    d
+                },
                 tx: Outgoing::logging_done(),
                 attempts: BTreeSet::new(),
                 write_marks: VecDeque::new(),
@@ -1132,6 +1214,7 @@ impl Client {
         stream: StreamId,
         kind: FrameKind,
         wire: u64,
+        deflated: bool,
         body: Bytes,
         now: Instant,
     ) {
@@ -1148,6 +1231,20 @@ impl Client {
                     return;
                 };
                 self.router.record_success(&a.node);
+                if deflated {
+                    // Inflated by the adapter, outside its lock: the
+                    // request ends in `handle_inflated`.
+                    if let Some(req) = self.requests.get_mut(&a.req) {
+                        req.inflating.push(a.node.clone());
+                        self.events.push_back(ClientEvent::Inflate {
+                            id: a.req,
+                            peer: a.node,
+                            body,
+                            limit: self.cfg.max_block_size,
+                        });
+                    }
+                    return;
+                }
                 self.finish(a.req, Ok(Response { body, peer: a.node }), now);
             }
             FrameKind::Error => {
@@ -1306,8 +1403,8 @@ impl Client {
         if closest && auto {
             req.record_failure(&a.node, &err);
         }
-        if !req.live.is_empty() {
-            return; // a hedged sibling may still answer
+        if !req.live.is_empty() || !req.inflating.is_empty() {
+            return; // a hedged sibling may still answer, or is being inflated
         }
         let budget_left = req.attempts <= self.cfg.max_retries;
         if !auto {

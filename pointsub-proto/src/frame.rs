@@ -700,9 +700,14 @@ pub struct Message {
     pub request_id: u64,
     /// The peer set `ACCEPT_DEFLATE`: it will inflate compressed frames.
     pub accept_deflate: bool,
-    /// The body travelled compressed (it is inflated already).
+    /// The body travelled compressed.
     pub compressed: bool,
-    /// The body, already inflated.
+    /// The body is still deflated: the decoder defers inflating
+    /// ([`MessageDecoder::defer_inflate`]) and the receiver inflates it
+    /// with [`compress::decompress`] and the block size, outside its lock.
+    /// Always false when the decoder inflates.
+    pub deflated: bool,
+    /// The body: inflated, unless `deflated`.
     pub body: Bytes,
     /// Bytes this message took on the wire, headers included.
     pub wire_len: usize,
@@ -791,6 +796,8 @@ pub struct MessageDecoder {
     frames: FrameDecoder,
     max_block_size: usize,
     current: Option<Assembly>,
+    /// Hand compressed bodies on deflated (see [`Message::deflated`]).
+    defer_inflate: bool,
 }
 
 impl MessageDecoder {
@@ -801,7 +808,16 @@ impl MessageDecoder {
             frames: FrameDecoder::new(max_block_size),
             max_block_size,
             current: None,
+            defer_inflate: false,
         }
+    }
+
+    /// Hands compressed bodies on as they came ([`Message::deflated`]
+    /// set) instead of inflating them here: a core whose adapter holds a
+    /// lock around it has them inflated outside, after the lock is
+    /// released. Their size on the wire is still checked here.
+    pub fn defer_inflate(&mut self, on: bool) {
+        self.defer_inflate = on;
     }
 
     /// The block size this decoder enforces.
@@ -1017,7 +1033,8 @@ impl MessageDecoder {
         payload: Bytes,
         wire_len: usize,
     ) -> Result<Decoded, FrameError> {
-        let body = if compressed {
+        let deflated = compressed && self.defer_inflate;
+        let body = if compressed && !deflated {
             match compress::decompress(&payload, self.max_block_size) {
                 Ok(body) => body,
                 Err(DecompressError::TooLarge { .. }) => {
@@ -1039,6 +1056,7 @@ impl MessageDecoder {
             request_id,
             accept_deflate,
             compressed,
+            deflated,
             body,
             wire_len,
         }))

@@ -40,6 +40,21 @@ pub enum ServerEvent {
         /// The request body, decompressed.
         body: Bytes,
     },
+    /// A request arrived deflated and the core defers inflating
+    /// ([`Server::defer_inflate`]); it was admitted. Inflate `body` with
+    /// [`compress::decompress`] and `limit`, outside any lock, and report
+    /// the result with [`Server::handle_inflated`]: the core then emits the
+    /// [`ServerEvent::Request`] (or answers the error itself).
+    Inflate {
+        /// The stream the request came on.
+        stream: StreamId,
+        /// The request's id on that stream.
+        request_id: u64,
+        /// The request body as it travelled.
+        body: Bytes,
+        /// Largest inflated body accepted (the block size).
+        limit: usize,
+    },
     /// The client gave up on the request; the handler may be aborted.
     Cancel {
         /// The stream.
@@ -77,8 +92,30 @@ pub enum ServerEvent {
     },
 }
 
+/// The statistics' outcome label of an answer with error `code`.
+fn outcome_of(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Oversize => "oversize",
+        ErrorCode::Protocol => "protocol",
+        _ => "handler",
+    }
+}
+
+/// How [`Server::answer`] answers a request.
+enum Reply {
+    /// The handler's body.
+    Body(Bytes),
+    /// An error frame.
+    Error(ErrorCode, String),
+    /// Nothing: no one waits for the answer (the client cancelled).
+    Dropped,
+}
+
 struct Handling {
     peer: PeerKey,
+    /// Its body is being inflated by the adapter: the protocol of the
+    /// [`ServerEvent::Request`] to emit once it is.
+    inflating: Option<Protocol>,
     /// When admission let it in: its latency sample runs from here.
     admitted_at: Instant,
     accept_deflate: bool,
@@ -149,6 +186,9 @@ pub struct Server {
     metrics: ServerMetrics,
     stats: ServerBook,
     limit_range: (usize, usize),
+    /// Deflated requests are handed to the adapter to inflate
+    /// ([`Server::defer_inflate`]).
+    defer_inflate: bool,
 }
 
 impl Server {
@@ -175,7 +215,18 @@ impl Server {
             stopped: false,
             metrics: ServerMetrics::default(),
             limit_range: (limit, limit),
+            defer_inflate: false,
         })
+    }
+
+    /// Defers inflating deflated requests to the adapter: once a request
+    /// is admitted the core emits [`ServerEvent::Inflate`] instead of
+    /// inflating in [`Server::handle_data`], so that an adapter that runs
+    /// the core under a lock inflates (up to the block size: milliseconds
+    /// for a large body) without holding it. Off by default: the core
+    /// inflates. Applies to streams accepted after the call.
+    pub fn defer_inflate(&mut self, on: bool) {
+        self.defer_inflate = on;
     }
 
     // ----- getters -----
@@ -335,16 +386,106 @@ impl Server {
         deflated: Option<Option<Bytes>>,
         now: Instant,
     ) {
+        if self
+            .handling
+            .get(&(stream, request_id))
+            .is_some_and(|h| h.inflating.is_some())
+        {
+            return; // no Request was emitted for it yet
+        }
+        let reply = match result {
+            Ok(body) => Reply::Body(body),
+            Err(msg) => Reply::Error(ErrorCode::Handler, msg),
+        };
+        self.answer(stream, request_id, reply, deflated, now);
+    }
+
+    /// The adapter inflated the body of a [`ServerEvent::Inflate`]: the
+    /// core emits the [`ServerEvent::Request`], or answers
+    /// [`ErrorCode::Oversize`] (the body inflates past the block size) or
+    /// [`ErrorCode::Protocol`] (corrupt: the stream is then closed once
+    /// the answer is written, as when any frame is malformed). Nothing is
+    /// emitted if the client cancelled or the stream went away meanwhile
+    /// (the admission slot is freed).
+    pub fn handle_inflated(
+        &mut self,
+        stream: StreamId,
+        request_id: u64,
+        result: Result<Bytes, compress::DecompressError>,
+        now: Instant,
+    ) {
+        let Some(h) = self.handling.get_mut(&(stream, request_id)) else {
+            return;
+        };
+        let Some(protocol) = h.inflating.take() else {
+            return;
+        };
+        if h.cancelled {
+            self.answer(stream, request_id, Reply::Dropped, None, now);
+            return;
+        }
+        match result {
+            Ok(body) => {
+                let peer = h.peer.clone();
+                self.events.push_back(ServerEvent::Request {
+                    stream,
+                    request_id,
+                    peer,
+                    protocol,
+                    body,
+                });
+            }
+            Err(compress::DecompressError::TooLarge { limit }) => {
+                let msg = format!("request body exceeds the server limit of {limit} bytes");
+                self.answer(
+                    stream,
+                    request_id,
+                    Reply::Error(ErrorCode::Oversize, msg),
+                    None,
+                    now,
+                );
+            }
+            Err(e) => {
+                let msg = format!("request body: {e}");
+                self.metrics.protocol_errors += 1;
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.broken = true;
+                    s.read_started = None;
+                }
+                self.answer(
+                    stream,
+                    request_id,
+                    Reply::Error(ErrorCode::Protocol, msg),
+                    None,
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Answers an admitted request and frees its admission slot.
+    fn answer(
+        &mut self,
+        stream: StreamId,
+        request_id: u64,
+        reply: Reply,
+        deflated: Option<Option<Bytes>>,
+        now: Instant,
+    ) {
         let Some(h) = self.handling.remove(&(stream, request_id)) else {
             return; // answered already, or abandoned at shutdown
         };
         self.admission
             .complete(&h.peer, now.saturating_duration_since(h.admitted_at));
         let alive = self.streams.contains_key(&stream);
-        let delivered = alive && !h.cancelled;
+        let delivered = alive && !h.cancelled && !matches!(reply, Reply::Dropped);
         self.stats.answered_with(
             (stream, request_id),
-            &result,
+            match &reply {
+                Reply::Body(body) => Ok(body.len()),
+                Reply::Error(code, _) => Err(outcome_of(*code)),
+                Reply::Dropped => Err("cancelled"),
+            },
             delivered,
             self.cfg.max_block_size,
             now,
@@ -353,9 +494,9 @@ impl Server {
             s.handling -= 1;
             s.last_active = now;
         }
-        if alive && !h.cancelled {
-            match result {
-                Ok(body) if body.len() > self.cfg.max_block_size => {
+        if delivered {
+            match reply {
+                Reply::Body(body) if body.len() > self.cfg.max_block_size => {
                     let msg = format!(
                         "response body of {} bytes exceeds the server limit of {} bytes",
                         body.len(),
@@ -364,7 +505,7 @@ impl Server {
                     self.send_error(stream, request_id, ErrorCode::Oversize, &msg);
                     self.metrics.failed += 1;
                 }
-                Ok(body) => {
+                Reply::Body(body) => {
                     let mut flags = self.own_flags();
                     let mut body = body;
                     if self.cfg.compression && h.accept_deflate {
@@ -380,11 +521,12 @@ impl Server {
                     self.push(stream, FrameKind::Response, request_id, flags, body);
                     self.metrics.succeeded += 1;
                 }
-                Err(msg) => {
+                Reply::Error(code, msg) => {
                     let msg = truncate(&msg, MAX_ERROR_MESSAGE);
-                    self.send_error(stream, request_id, ErrorCode::Handler, msg);
+                    self.send_error(stream, request_id, code, msg);
                     self.metrics.failed += 1;
                 }
+                Reply::Dropped => {}
             }
             if let Some(s) = self.streams.get_mut(&stream) {
                 s.requests += 1;
@@ -434,7 +576,11 @@ impl Server {
             InStream {
                 peer,
                 protocol,
-                decoder: MessageDecoder::new(self.cfg.max_block_size),
+                decoder: {
+                    let mut d = MessageDecoder::new(self.cfg.max_block_size);
+                    d.defer_inflate(self.defer_inflate);
+                    d
+                },
                 tx: Outgoing::new(),
                 forbidden,
                 broken: false,
@@ -485,9 +631,14 @@ impl Server {
             match next {
                 Ok(None) => break,
                 Ok(Some(Decoded::Message(m))) => match m.kind {
-                    FrameKind::Request => {
-                        self.on_request(stream, m.request_id, m.accept_deflate, m.body, now)
-                    }
+                    FrameKind::Request => self.on_request(
+                        stream,
+                        m.request_id,
+                        m.accept_deflate,
+                        m.deflated,
+                        m.body,
+                        now,
+                    ),
                     FrameKind::Cancel => self.on_cancel(stream, m.request_id),
                     FrameKind::Response | FrameKind::Error => {
                         let msg = format!("a client sent a {:?} frame", m.kind);
@@ -645,6 +796,7 @@ impl Server {
         stream: StreamId,
         id: u64,
         accept_deflate: bool,
+        deflated: bool,
         body: Bytes,
         now: Instant,
     ) {
@@ -702,18 +854,29 @@ impl Server {
             (stream, id),
             Handling {
                 peer: peer.clone(),
+                inflating: deflated.then(|| protocol.clone()),
                 admitted_at: now,
                 accept_deflate,
                 cancelled: false,
             },
         );
-        self.events.push_back(ServerEvent::Request {
-            stream,
-            request_id: id,
-            peer,
-            protocol,
-            body,
-        });
+        let event = if deflated {
+            ServerEvent::Inflate {
+                stream,
+                request_id: id,
+                body,
+                limit: self.cfg.max_block_size,
+            }
+        } else {
+            ServerEvent::Request {
+                stream,
+                request_id: id,
+                peer,
+                protocol,
+                body,
+            }
+        };
+        self.events.push_back(event);
     }
 
     fn on_cancel(&mut self, stream: StreamId, id: u64) {
@@ -722,10 +885,13 @@ impl Server {
         {
             h.cancelled = true;
             self.stats.cancelled((stream, id));
-            self.events.push_back(ServerEvent::Cancel {
-                stream,
-                request_id: id,
-            });
+            // No handler runs yet while the body is being inflated.
+            if h.inflating.is_none() {
+                self.events.push_back(ServerEvent::Cancel {
+                    stream,
+                    request_id: id,
+                });
+            }
         }
     }
 

@@ -129,7 +129,8 @@ impl Histogram {
 pub struct ProtocolStats {
     /// Requests ended, by outcome: [`OK`], or the error's kind. Client:
     /// [`RequestError::kind`]. Server: `busy`, `handler`, `oversize`,
-    /// `shutting_down`, `forbidden`, or `cancelled` (the handler finished
+    /// `protocol` (a request body that did not inflate), `shutting_down`,
+    /// `forbidden`, or `cancelled` (the handler finished
     /// after the client gave up or the stream went away, so the answer was
     /// dropped).
     pub outcomes: BTreeMap<&'static str, u64>,
@@ -664,16 +665,16 @@ impl ServerBook {
     pub(crate) fn answered_with(
         &mut self,
         key: (StreamId, u64),
-        result: &Result<bytes::Bytes, String>,
+        result: Result<usize, &'static str>,
         delivered: bool,
         max_body: usize,
         now: Instant,
     ) {
         let (outcome, body) = match result {
             _ if !delivered => ("cancelled", 0),
-            Ok(b) if b.len() > max_body => ("oversize", 0),
-            Ok(b) => (OK, b.len()),
-            Err(_) => ("handler", 0),
+            Ok(len) if len > max_body => ("oversize", 0),
+            Ok(len) => (OK, len),
+            Err(outcome) => (outcome, 0),
         };
         self.answered(key, outcome, body, now);
     }

@@ -197,6 +197,7 @@ fn prepare(s: &Spec) -> Prepared {
             request_id: s.id,
             accept_deflate: s.accept,
             compressed: flags.contains(Flags::COMPRESSED),
+            deflated: false,
             body,
             wire_len: wire_body.len() + frames * HEADER_LEN,
         },
@@ -329,6 +330,35 @@ proptest! {
         prop_assert_eq!(got.len(), expected.len());
         let (got, expected) = (by_id(got), by_id(expected));
         prop_assert_eq!(got, expected);
+    }
+
+    /// A decoder that defers inflating hands on compressed bodies as they
+    /// travelled, flagged `deflated`; inflating them gives the same
+    /// messages a decoder that inflates gives.
+    #[test]
+    fn deferred_inflate_gives_the_same_bodies(
+        specs in prop::collection::vec(spec(), 0..8),
+        pieces in pieces(),
+    ) {
+        let (expected, wire) = encode_all(&specs, usize::MAX);
+        let mut d = MessageDecoder::new(1 << 20);
+        d.defer_inflate(true);
+        let got = feed(&mut d, &wire, &pieces).expect("valid stream");
+        let got: Vec<Message> = got
+            .into_iter()
+            .map(|g| match g {
+                Decoded::Message(mut m) => {
+                    assert_eq!(m.deflated, m.compressed);
+                    if m.deflated {
+                        m.body = compress::decompress(&m.body, 1 << 20).expect("inflates");
+                        m.deflated = false;
+                    }
+                    m
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        prop_assert_eq!(by_id(got), by_id(expected));
     }
 
     /// Frame level: frames of any sizes up to the limit, any split points,

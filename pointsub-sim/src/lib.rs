@@ -43,7 +43,9 @@
 //!   one in ten above 32 nodes, stresses the pool with 2 to 16 streams and
 //!   few idle ones), per-stream
 //!   multiplexing (1 to 8), idle eviction, cool-downs, compression (on for
-//!   70 % of nodes), block sizes (some servers accept only 256 KiB, some
+//!   70 % of nodes; odd nodes defer inflating to the simulated adapter, as
+//!   the real adapters do, which answers after a random delay in which
+//!   cancels, timeouts and crashes race), block sizes (some servers accept only 256 KiB, some
 //!   clients only 1 MiB), and admission limits (spec defaults 1000 in
 //!   [100, 10000], or tight ones: 100 in [50, 200], 20 in [8, 40]; sometimes
 //!   a small per-peer cap) so bursts really get Busy answers. The

@@ -57,6 +57,9 @@ pub struct Report {
     pub admission_max: usize,
     /// Faults injected.
     pub faults: FaultCounts,
+    /// Bodies inflated outside the cores (nodes that defer inflating, as
+    /// the adapters do): requests and responses.
+    pub inflated: u64,
     /// Streams opened by clients.
     pub streams_opened: u64,
     /// Frames checked on the wire.
@@ -130,9 +133,10 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "streams opened: {}, frames checked: {}, steps: {}, virtual time: {:.3} s",
+            "streams opened: {}, frames checked: {}, bodies inflated outside: {}, steps: {}, virtual time: {:.3} s",
             self.streams_opened,
             self.frames,
+            self.inflated,
             self.steps,
             self.virtual_time.as_secs_f64()
         )?;

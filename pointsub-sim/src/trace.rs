@@ -48,6 +48,7 @@ pub mod tag {
     pub const BURST: u64 = 29;
     pub const PHASE: u64 = 30;
     pub const SWEEP: u64 = 31;
+    pub const INFLATED: u64 = 32;
 }
 
 /// A running trace hash.

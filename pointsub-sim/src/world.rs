@@ -12,6 +12,7 @@ use crate::report::{FaultCounts, Report, Violation};
 use crate::trace::{TraceHash, tag};
 use crate::wire::FrameTrack;
 use bytes::Bytes;
+use pointsub_proto::compress::{self, DecompressError};
 use pointsub_proto::error::Side;
 use pointsub_proto::retry::Rng;
 use pointsub_proto::{
@@ -118,6 +119,24 @@ enum Ev {
         stream: StreamId,
         rid: u64,
         result: Result<Bytes, String>,
+    },
+    /// The adapter finished inflating a request body the server core
+    /// handed out (`ServerEvent::Inflate`).
+    ServerInflated {
+        node: u32,
+        epoch: u32,
+        stream: StreamId,
+        rid: u64,
+        result: Result<Bytes, DecompressError>,
+    },
+    /// The adapter finished inflating a response body the client core
+    /// handed out (`ClientEvent::Inflate`).
+    ClientInflated {
+        node: u32,
+        epoch: u32,
+        id: RequestId,
+        peer: PeerKey,
+        result: Result<Bytes, DecompressError>,
     },
     /// A node's earliest core deadline.
     Wake { node: u32, epoch: u32 },
@@ -342,6 +361,9 @@ pub struct World {
     next_tag: u64,
     touched: Vec<u32>,
     admitted_in_step: Vec<u32>,
+    /// A `ServerInflated` is being handled: the request its core emits was
+    /// admitted before, not now.
+    after_inflate: bool,
     violation: Option<(&'static str, String)>,
     steps: u64,
     scenario: Scenario,
@@ -359,6 +381,8 @@ pub struct World {
     admission_max: usize,
     faults: FaultCounts,
     streams_opened: u64,
+    /// Bodies the adapter inflated (see `Report::inflated`).
+    inflated: u64,
     frames: u64,
     log: bool,
 }
@@ -493,8 +517,15 @@ impl World {
             }
             min_block = min_block.min(ccfg.max_block_size).min(scfg.max_block_size);
             let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-            let (client, server) =
-                build_cores(&key, &ccfg, &scfg, node_serves, &protocols, &serving)?;
+            let (client, server) = build_cores(
+                &key,
+                &ccfg,
+                &scfg,
+                node_serves,
+                &protocols,
+                &serving,
+                i % 2 == 1,
+            )?;
             let max_request_ns = request_bound(&ccfg);
             nodes.push(Node {
                 key,
@@ -585,6 +616,7 @@ impl World {
             next_tag: 1,
             touched: Vec::new(),
             admitted_in_step: Vec::new(),
+            after_inflate: false,
             violation: None,
             steps: 0,
             scenario,
@@ -600,6 +632,7 @@ impl World {
             admission_max: 0,
             faults: FaultCounts::default(),
             streams_opened: 0,
+            inflated: 0,
             frames: 0,
             log: false,
             opts,
@@ -816,18 +849,43 @@ impl World {
                 rid,
                 result,
             } => {
+                let ok = result.is_ok();
+                self.server_work_done(node, epoch, tag::HANDLER_DONE, stream, rid, ok, |s, now| {
+                    s.respond(stream, rid, result, now)
+                });
+            }
+            Ev::ServerInflated {
+                node,
+                epoch,
+                stream,
+                rid,
+                result,
+            } => {
+                let ok = result.is_ok();
+                self.after_inflate = true;
+                self.server_work_done(node, epoch, tag::INFLATED, stream, rid, ok, |s, now| {
+                    s.handle_inflated(stream, rid, result, now)
+                });
+                self.after_inflate = false;
+            }
+            Ev::ClientInflated {
+                node,
+                epoch,
+                id,
+                peer,
+                result,
+            } => {
                 let n = &mut self.nodes[node as usize];
                 if n.epoch != epoch || !n.up {
                     return;
                 }
                 self.trace.event(
-                    tag::HANDLER_DONE,
+                    tag::INFLATED,
                     self.now,
-                    &[node as u64, stream.0, rid, result.is_ok() as u64],
+                    &[node as u64, u64::MAX, id.0, result.is_ok() as u64],
                 );
-                n.handlers -= 1;
-                n.server
-                    .respond(stream, rid, result, Instant::from_nanos(self.now));
+                n.client
+                    .handle_inflated(id, peer, result, Instant::from_nanos(self.now));
                 self.pump(node);
             }
             Ev::Wake { node, epoch } => self.on_wake(node, epoch),
@@ -1297,6 +1355,32 @@ impl World {
     // Draining the cores
 
     /// Drains a node's cores until both are quiet.
+    /// Work a server's adapter did outside its core (a handler, an
+    /// inflate) comes back: unless the node restarted meanwhile, the
+    /// request leaves "handled" (a handler the core then starts counts it
+    /// again) and `hand_in` gives the result to the core.
+    #[allow(clippy::too_many_arguments)]
+    fn server_work_done(
+        &mut self,
+        node: u32,
+        epoch: u32,
+        tag: u64,
+        stream: StreamId,
+        rid: u64,
+        ok: bool,
+        hand_in: impl FnOnce(&mut Server, Instant),
+    ) {
+        let n = &mut self.nodes[node as usize];
+        if n.epoch != epoch || !n.up {
+            return;
+        }
+        self.trace
+            .event(tag, self.now, &[node as u64, stream.0, rid, ok as u64]);
+        n.handlers -= 1;
+        hand_in(&mut n.server, Instant::from_nanos(self.now));
+        self.pump(node);
+    }
+
     fn pump(&mut self, n: u32) {
         if !self.touched.contains(&n) {
             self.touched.push(n);
@@ -1498,6 +1582,27 @@ impl World {
                 result,
                 attempts,
             } => self.on_completed(n, id, result, attempts),
+            ClientEvent::Inflate {
+                id,
+                peer,
+                body,
+                limit,
+            } => {
+                let epoch = self.nodes[n as usize].epoch;
+                let result = compress::decompress(&body, limit);
+                self.inflated += 1;
+                let delay = self.rng.below(self.scenario.handler_max_us * US + 1);
+                self.schedule(
+                    self.now + delay,
+                    Ev::ClientInflated {
+                        node: n,
+                        epoch,
+                        id,
+                        peer,
+                        result,
+                    },
+                );
+            }
             _ => {}
         }
     }
@@ -1875,7 +1980,8 @@ impl World {
                 );
                 let node = &mut self.nodes[n as usize];
                 node.handlers += 1;
-                if !self.admitted_in_step.contains(&n) {
+                // Admitted now, not when it was admitted to be inflated.
+                if !self.after_inflate && !self.admitted_in_step.contains(&n) {
                     self.admitted_in_step.push(n);
                 }
                 let Some(&sim) = node.server_streams.get(&stream) else {
@@ -1924,6 +2030,33 @@ impl World {
                 self.schedule(
                     self.now + delay,
                     Ev::HandlerDone {
+                        node: n,
+                        epoch,
+                        stream,
+                        rid: request_id,
+                        result,
+                    },
+                );
+            }
+            ServerEvent::Inflate {
+                stream,
+                request_id,
+                body,
+                limit,
+            } => {
+                // Admitted: it counts as handled until it is inflated.
+                let node = &mut self.nodes[n as usize];
+                node.handlers += 1;
+                if !self.admitted_in_step.contains(&n) {
+                    self.admitted_in_step.push(n);
+                }
+                let epoch = node.epoch;
+                let result = compress::decompress(&body, limit);
+                self.inflated += 1;
+                let delay = self.rng.below(self.scenario.handler_max_us * US + 1);
+                self.schedule(
+                    self.now + delay,
+                    Ev::ServerInflated {
                         node: n,
                         epoch,
                         stream,
@@ -2517,6 +2650,7 @@ impl World {
             &node.serves,
             &protocols,
             &serving,
+            x % 2 == 1,
         ) {
             Ok((c, s)) => {
                 node.client = c;
@@ -2677,6 +2811,7 @@ impl World {
             admission_max: self.admission_max,
             faults: self.faults.clone(),
             streams_opened: self.streams_opened,
+            inflated: self.inflated,
             frames: self.frames,
             steps: self.steps,
             virtual_time: Duration::from_nanos(self.now),
@@ -2703,9 +2838,14 @@ fn build_cores(
     serves: &[bool; PROTOCOLS.len()],
     protocols: &[Protocol],
     serving: &[Vec<u32>],
+    defer_inflate: bool,
 ) -> Result<(Client, Server), String> {
     let mut client = Client::new(key.clone(), ccfg.clone()).map_err(|e| e.to_string())?;
     let mut server = Server::new(scfg.clone()).map_err(|e| e.to_string())?;
+    // Odd nodes run as the adapters do: bodies are inflated outside the
+    // core, after a delay in which cancels, timeouts and crashes race.
+    client.defer_inflate(defer_inflate);
+    server.defer_inflate(defer_inflate);
     for (p, protocol) in protocols.iter().enumerate() {
         if serves[p] {
             server

@@ -216,14 +216,29 @@ pub(crate) enum Work {
     /// Tell a caller its request's outcome (sending wakes its task, which
     /// is not done under the lock).
     Complete(Waiter, Result<pointsub_proto::Response, RequestError>),
+    /// Inflate a deflated response (the core defers it to us, so that it
+    /// never runs under the lock).
+    Inflate {
+        id: pointsub_proto::RequestId,
+        peer: PeerKey,
+        body: Bytes,
+        limit: usize,
+    },
+}
+
+/// A response body inflated outside the lock, for the core.
+pub(crate) struct Inflated {
+    id: pointsub_proto::RequestId,
+    peer: PeerKey,
+    result: Result<Bytes, pointsub_proto::compress::DecompressError>,
 }
 
 type Shared<R> = Driver<R, State>;
 
 impl<R: Runtime> Side<R> for State {
     type Work = Work;
-    /// Nothing the client's work does goes back to the core at once.
-    type Ready = std::convert::Infallible;
+    /// Inflated response bodies.
+    type Ready = Inflated;
 
     fn plumbing(&mut self) -> &mut Plumbing {
         &mut self.plumbing
@@ -257,6 +272,17 @@ impl<R: Runtime> Side<R> for State {
                         work.push(Work::Complete(waiter, result));
                     }
                 }
+                ClientEvent::Inflate {
+                    id,
+                    peer,
+                    body,
+                    limit,
+                } => work.push(Work::Inflate {
+                    id,
+                    peer,
+                    body,
+                    limit,
+                }),
                 ClientEvent::SlowRequest {
                     id,
                     protocol,
@@ -289,23 +315,34 @@ impl<R: Runtime> Side<R> for State {
         }
     }
 
-    /// Opens the streams the core asked for, in the background, and tells
-    /// callers their outcomes.
+    /// Opens the streams the core asked for, in the background, tells
+    /// callers their outcomes, and inflates deflated responses (handed
+    /// back to the core under its next lock).
     fn run_all(driver: &Arc<Shared<R>>, work: Vec<Work>) -> Vec<Self::Ready> {
+        let mut inflated = Vec::new();
         for w in work {
             match w {
                 Work::Open(req) => open(driver, req),
                 // The caller may have gone; nothing to do then.
                 Work::Complete(waiter, result) => drop(waiter.send(result)),
+                Work::Inflate {
+                    id,
+                    peer,
+                    body,
+                    limit,
+                } => inflated.push(Inflated {
+                    id,
+                    peer,
+                    result: pointsub_proto::compress::decompress(&body, limit),
+                }),
             }
         }
-        Vec::new()
+        inflated
     }
 
-    fn hand_in(&mut self, ready: Vec<Self::Ready>, _now: Instant) {
-        match ready.into_iter().next() {
-            None => {}
-            Some(never) => match never {},
+    fn hand_in(&mut self, ready: Vec<Self::Ready>, now: Instant) {
+        for Inflated { id, peer, result } in ready {
+            self.core.handle_inflated(id, peer, result, now);
         }
     }
 
@@ -552,7 +589,9 @@ impl<R: Runtime> Client<R> {
     /// dropped: its requests then end with [`RequestError::Closed`].
     pub fn new(host: &Host<R>, config: ClientConfig) -> Result<Self, ConfigError> {
         let deflate = config.compression.then_some(config.compression_threshold);
-        let core = pointsub_proto::Client::new(peer_key(&host.peer_id()), config)?;
+        let mut core = pointsub_proto::Client::new(peer_key(&host.peer_id()), config)?;
+        // Deflated responses are inflated outside the lock (`run_all`).
+        core.defer_inflate(true);
         let (watch, changes) = host.control().watch_paths();
         let shared = Driver::start(
             host,

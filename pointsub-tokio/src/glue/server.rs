@@ -122,9 +122,35 @@ pub(crate) struct Job {
     deflate: Option<usize>,
 }
 
+/// What a drain of the server core leaves for after the lock.
+pub(crate) enum Work {
+    /// Run a handler.
+    Handle(Job),
+    /// Inflate a deflated request body (the core defers it to us, so that
+    /// it never runs under the lock).
+    Inflate {
+        stream: StreamId,
+        request_id: u64,
+        body: Bytes,
+        limit: usize,
+    },
+}
+
 /// An answer ready for the core: the request, the handler's result and,
 /// worked out outside the lock, the body's deflated form.
 type Answer = (StreamId, u64, Result<Bytes, String>, Option<Option<Bytes>>);
+
+/// What work done outside the lock hands back to the core.
+pub(crate) enum Ready {
+    /// A handler's answer.
+    Answer(Answer),
+    /// A request body, inflated.
+    Inflated {
+        stream: StreamId,
+        request_id: u64,
+        result: Result<Bytes, pointsub_proto::compress::DecompressError>,
+    },
+}
 
 /// Deflates an answer's body when `deflate` says so (see [`Job::deflate`]).
 fn deflated_answer(
@@ -143,7 +169,7 @@ fn deflated_answer(
 type Shared<R> = Driver<R, State>;
 
 impl State {
-    fn drain_into(&mut self, now: Instant, wakers: &mut Wakers, jobs: &mut Vec<Job>) {
+    fn drain_into(&mut self, now: Instant, wakers: &mut Wakers, jobs: &mut Vec<Work>) {
         while let Some(event) = self.core.poll_event() {
             match event {
                 ServerEvent::Request {
@@ -155,7 +181,7 @@ impl State {
                 } => {
                     let handler = self.handlers.get(&protocol).cloned();
                     match (handler, peer_id(&peer)) {
-                        (Some(handler), Some(peer)) => jobs.push(Job {
+                        (Some(handler), Some(peer)) => jobs.push(Work::Handle(Job {
                             stream,
                             request_id,
                             peer,
@@ -166,7 +192,7 @@ impl State {
                                 .core
                                 .accepts_deflate(stream, request_id)
                                 .then_some(self.core.config().compression_threshold),
-                        }),
+                        })),
                         _ => self.core.respond(
                             stream,
                             request_id,
@@ -175,6 +201,17 @@ impl State {
                         ),
                     }
                 }
+                ServerEvent::Inflate {
+                    stream,
+                    request_id,
+                    body,
+                    limit,
+                } => jobs.push(Work::Inflate {
+                    stream,
+                    request_id,
+                    body,
+                    limit,
+                }),
                 ServerEvent::Cancel { stream, request_id } => {
                     tracing::debug!(%stream, request_id, "request cancelled by the client");
                 }
@@ -231,29 +268,51 @@ impl State {
 }
 
 impl<R: Runtime> Side<R> for State {
-    type Work = Job;
-    type Ready = Answer;
+    type Work = Work;
+    type Ready = Ready;
 
     fn plumbing(&mut self) -> &mut Plumbing {
         &mut self.plumbing
     }
 
-    fn drain(&mut self, now: Instant, wakers: &mut Wakers, jobs: &mut Vec<Job>) {
+    fn drain(&mut self, now: Instant, wakers: &mut Wakers, jobs: &mut Vec<Work>) {
         self.drain_into(now, wakers, jobs);
     }
 
-    /// Runs the handlers of one drain (see [`start_job`]); the answers of
-    /// those ready at once are returned, to be handed in together under
-    /// one lock.
-    fn run_all(driver: &Arc<Shared<R>>, jobs: Vec<Job>) -> Vec<Answer> {
-        jobs.into_iter()
-            .filter_map(|job| start_job(driver, job))
+    /// Runs the handlers of one drain (see [`start_job`]) and inflates
+    /// its deflated requests; the answers of the handlers ready at once
+    /// and the inflated bodies are returned, to be handed in together
+    /// under one lock.
+    fn run_all(driver: &Arc<Shared<R>>, work: Vec<Work>) -> Vec<Ready> {
+        work.into_iter()
+            .filter_map(|w| match w {
+                Work::Handle(job) => start_job(driver, job).map(Ready::Answer),
+                Work::Inflate {
+                    stream,
+                    request_id,
+                    body,
+                    limit,
+                } => Some(Ready::Inflated {
+                    stream,
+                    request_id,
+                    result: pointsub_proto::compress::decompress(&body, limit),
+                }),
+            })
             .collect()
     }
 
-    fn hand_in(&mut self, answers: Vec<Answer>, now: Instant) {
-        for (stream, id, result, deflated) in answers {
-            self.core.respond_with(stream, id, result, deflated, now);
+    fn hand_in(&mut self, ready: Vec<Ready>, now: Instant) {
+        for r in ready {
+            match r {
+                Ready::Answer((stream, id, result, deflated)) => {
+                    self.core.respond_with(stream, id, result, deflated, now);
+                }
+                Ready::Inflated {
+                    stream,
+                    request_id,
+                    result,
+                } => self.core.handle_inflated(stream, request_id, result, now),
+            }
         }
     }
 
@@ -432,7 +491,9 @@ impl<R: Runtime> Server<R> {
     /// own swarm. The server stops by itself when the host's swarm is
     /// dropped.
     pub fn new(host: &Host<R>, config: ServerConfig) -> Result<Self, ConfigError> {
-        let core = pointsub_proto::Server::new(config)?;
+        let mut core = pointsub_proto::Server::new(config)?;
+        // Deflated requests are inflated outside the lock (`run_all`).
+        core.defer_inflate(true);
         let shared = Driver::start(
             host,
             State {
