@@ -15,6 +15,7 @@ use crate::timer::TimerTable;
 use crate::transmit::{self, HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, RequestId, StreamId};
 use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Options of one [`Client::send_with`] call.
@@ -327,7 +328,7 @@ impl HasOutgoing for Stream {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Timer {
     Attempt(u64),
     Retry(RequestId),
@@ -357,9 +358,10 @@ pub struct Client {
     rng: Rng,
     backoff: Backoff,
     /// Boxed: a request is a few hundred bytes, which the map would
-    /// otherwise shift on every insert and remove.
-    requests: BTreeMap<RequestId, Box<Req>>,
-    attempts: BTreeMap<u64, Attempt>,
+    /// otherwise move as it grows. Hash maps (ids are the core's own, so
+    /// FxHash): only `close` walks them, in sorted order.
+    requests: FxHashMap<RequestId, Box<Req>>,
+    attempts: FxHashMap<u64, Attempt>,
     streams: BTreeMap<StreamId, Stream>,
     ready: VecDeque<StreamId>,
     timers: TimerTable<Timer>,
@@ -394,8 +396,8 @@ impl Client {
             },
             local,
             cfg,
-            requests: BTreeMap::new(),
-            attempts: BTreeMap::new(),
+            requests: FxHashMap::default(),
+            attempts: FxHashMap::default(),
             streams: BTreeMap::new(),
             ready: VecDeque::new(),
             timers: TimerTable::new(),
@@ -644,7 +646,9 @@ impl Client {
             return;
         }
         self.closed = true;
-        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        let mut ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        // In id order, whatever the map's: the events stay deterministic.
+        ids.sort_unstable();
         for id in ids {
             self.finish(id, Err(RequestError::Closed), now);
         }

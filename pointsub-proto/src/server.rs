@@ -148,7 +148,7 @@ impl HasOutgoing for InStream {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Timer {
     Stream(StreamId),
     Adjust,

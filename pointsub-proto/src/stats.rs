@@ -31,6 +31,7 @@ use crate::error::RequestError;
 use crate::pool::PoolStats;
 use crate::server::ServerEvent;
 use crate::{Instant, PeerKey, Protocol, RequestId, StreamId};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
@@ -485,7 +486,8 @@ impl AttemptKind {
 #[derive(Debug)]
 pub(crate) struct ClientBook {
     labels: Labels,
-    live: BTreeMap<RequestId, LiveRequest>,
+    /// Looked up by id only, never walked: a hash map (ids are the core's own).
+    live: FxHashMap<RequestId, LiveRequest>,
     slow: SlowWatch<RequestId>,
 }
 
@@ -493,7 +495,7 @@ impl ClientBook {
     pub(crate) fn new(max_labels: usize, slow_threshold: Option<Duration>) -> Self {
         ClientBook {
             labels: Labels::new(max_labels),
-            live: BTreeMap::new(),
+            live: FxHashMap::default(),
             slow: SlowWatch::new(slow_threshold),
         }
     }
@@ -634,7 +636,8 @@ struct Admitted {
 #[derive(Debug)]
 pub(crate) struct ServerBook {
     labels: Labels,
-    live: BTreeMap<(StreamId, u64), Admitted>,
+    /// Looked up by key only, never walked: a hash map.
+    live: FxHashMap<(StreamId, u64), Admitted>,
     slow: SlowWatch<(StreamId, u64)>,
 }
 
@@ -643,7 +646,7 @@ impl ServerBook {
         ServerBook {
             // A server's labels are the protocols it registered.
             labels: Labels::new(usize::MAX),
-            live: BTreeMap::new(),
+            live: FxHashMap::default(),
             slow: SlowWatch::new(slow_threshold),
         }
     }
