@@ -170,10 +170,80 @@ fn slot_of<K>(id: StreamId, s: &Stream<K>) -> Slot {
 }
 
 /// Moves a stream within its key's load index.
-fn reindex<K: Ord>(by_key: &mut BTreeMap<K, BTreeSet<Slot>>, key: &K, before: Slot, after: Slot) {
+fn reindex<K: Ord>(by_key: &mut BTreeMap<K, SlotIndex>, key: &K, before: Slot, after: Slot) {
     if let Some(set) = by_key.get_mut(key) {
-        set.remove(&before);
-        set.insert(after);
+        set.replace(before, after);
+    }
+}
+
+/// One key's streams, sorted by [`Slot`]: a sorted vector. A key has few
+/// streams, and a request moves its stream by a place or two (its load
+/// changes by one), so updating in place costs a binary search and a
+/// swap or two, where an ordered tree cost a removal and an insertion
+/// (and often a node freed and allocated again) on every take and release.
+#[derive(Clone, Debug, Default)]
+struct SlotIndex(Vec<Slot>);
+
+impl SlotIndex {
+    fn insert(&mut self, slot: Slot) {
+        if let Err(i) = self.0.binary_search(&slot) {
+            self.0.insert(i, slot);
+        }
+    }
+
+    fn remove(&mut self, slot: &Slot) {
+        if let Ok(i) = self.0.binary_search(slot) {
+            self.0.remove(i);
+        }
+    }
+
+    /// Replaces `before` by `after` and moves it to its sorted place.
+    fn replace(&mut self, before: Slot, after: Slot) {
+        if before == after {
+            return;
+        }
+        let Ok(mut i) = self.0.binary_search(&before) else {
+            self.insert(after);
+            return;
+        };
+        self.0[i] = after;
+        while i > 0 && self.0[i - 1] > self.0[i] {
+            self.0.swap(i - 1, i);
+            i -= 1;
+        }
+        while i + 1 < self.0.len() && self.0[i] > self.0[i + 1] {
+            self.0.swap(i, i + 1);
+            i += 1;
+        }
+    }
+
+    /// The least-loaded stream, open ones first.
+    fn first(&self) -> Option<&Slot> {
+        self.0.first()
+    }
+
+    /// The least-loaded stream still opening.
+    fn first_opening(&self) -> Option<&Slot> {
+        self.0.get(self.0.partition_point(|s| !s.0))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    #[cfg(debug_assertions)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[cfg(debug_assertions)]
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.0.iter()
+    }
+
+    #[cfg(debug_assertions)]
+    fn contains(&self, slot: &Slot) -> bool {
+        self.0.binary_search(slot).is_ok()
     }
 }
 
@@ -193,7 +263,7 @@ pub struct StreamPool<K: Ord + Clone> {
     streams: BTreeMap<StreamId, Stream<K>>,
     /// Each key's streams ordered by how a request picks one: open before
     /// opening, then least loaded, then lowest id.
-    by_key: BTreeMap<K, BTreeSet<Slot>>,
+    by_key: BTreeMap<K, SlotIndex>,
     /// Idle streams, least recently used first.
     idle: BTreeSet<(Instant, StreamId)>,
     opening: usize,
@@ -500,11 +570,7 @@ impl<K: Ord + Clone> StreamPool<K> {
         // The least-loaded open stream comes first; if it is full, so are
         // all open ones, and the least-loaded opening one is next in line.
         let open = set.first().filter(|s| !s.0 && s.1 < cap);
-        let pick = open.or_else(|| {
-            set.range((true, 0, StreamId(0))..)
-                .next()
-                .filter(|s| s.1 < cap)
-        });
+        let pick = open.or_else(|| set.first_opening().filter(|s| s.1 < cap));
         let pick = pick.map(|&(opening, _, id)| {
             let state = if opening { State::Opening } else { State::Open };
             (id, state)
@@ -770,7 +836,7 @@ impl<K: Ord + Clone> StreamPool<K> {
             assert_eq!(idle, self.idle.len());
             assert_eq!(retiring, self.retiring);
             assert_eq!(
-                self.by_key.values().map(BTreeSet::len).sum::<usize>(),
+                self.by_key.values().map(SlotIndex::len).sum::<usize>(),
                 self.streams.len() - retiring
             );
             assert!(self.by_key.values().all(|s| !s.is_empty()));

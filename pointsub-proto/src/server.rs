@@ -14,6 +14,7 @@ use crate::timer::TimerTable;
 use crate::transmit::{self, HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, StreamId};
 use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Longest handler error message sent back; longer ones are cut.
@@ -175,7 +176,10 @@ pub struct Server {
     admission: Admission,
     streams: BTreeMap<StreamId, InStream>,
     streams_per_peer: BTreeMap<PeerKey, usize>,
-    handling: BTreeMap<(StreamId, u64), Handling>,
+    /// Requests admitted and not answered yet. A hash map (the keys are
+    /// the core's own ids): walked only at a stream's end and at the
+    /// shutdown deadline, the latter in sorted order.
+    handling: FxHashMap<(StreamId, u64), Handling>,
     ready: VecDeque<StreamId>,
     timers: TimerTable<Timer>,
     events: VecDeque<ServerEvent>,
@@ -205,7 +209,7 @@ impl Server {
             admission,
             streams: BTreeMap::new(),
             streams_per_peer: BTreeMap::new(),
-            handling: BTreeMap::new(),
+            handling: FxHashMap::default(),
             ready: VecDeque::new(),
             timers: TimerTable::new(),
             events: VecDeque::new(),
@@ -936,9 +940,10 @@ impl Server {
         // Requests still being handled keep their admission slot until
         // `respond`; their answers have nowhere to go.
         if s.handling > 0 {
-            for ((st, _), h) in self.handling.range_mut((stream, 0)..=(stream, u64::MAX)) {
-                debug_assert_eq!(*st, stream);
-                h.cancelled = true;
+            for ((st, _), h) in self.handling.iter_mut() {
+                if *st == stream {
+                    h.cancelled = true;
+                }
             }
         }
     }
@@ -1007,7 +1012,9 @@ impl Server {
     }
 
     fn on_shutdown_deadline(&mut self, now: Instant) {
-        let pending: Vec<(StreamId, u64)> = self.handling.keys().copied().collect();
+        let mut pending: Vec<(StreamId, u64)> = self.handling.keys().copied().collect();
+        // In order, whatever the map's: the answers stay deterministic.
+        pending.sort_unstable();
         for (stream, id) in pending {
             if let Some(h) = self.handling.remove(&(stream, id)) {
                 self.admission.release(&h.peer);
