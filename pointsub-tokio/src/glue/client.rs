@@ -494,16 +494,22 @@ impl<R: Runtime> Shared<R> {
             return Err(RequestError::Closed);
         }
         let (tx, rx) = oneshot::channel();
-        let id = self
-            .with_core_yielding(|state, now| {
-                if state.plumbing.stopped {
-                    return Err(RequestError::Closed);
-                }
-                let id = start(&mut state.core, now)?;
-                state.waiters.insert(id, tx);
-                Ok(id)
-            })
-            .await?;
+        let submit = |state: &mut State, now| {
+            if state.plumbing.stopped {
+                return Err(RequestError::Closed);
+            }
+            let id = start(&mut state.core, now)?;
+            state.waiters.insert(id, tx);
+            Ok(id)
+        };
+        // Usually the lock is free and the request goes in at once. The
+        // path that waits for it is boxed: this future lives as long as
+        // the request, and a caller with thousands in flight should not
+        // hold room for that rare path in each.
+        let id = match self.try_with_core(submit) {
+            Ok(id) => id?,
+            Err(submit) => Box::pin(self.with_core_yielding(submit)).await?,
+        };
         let mut guard = CancelOnDrop {
             shared: self,
             id: Some(id),

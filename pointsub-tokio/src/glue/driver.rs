@@ -695,6 +695,18 @@ impl<R: Runtime, S: Side<R>> Driver<R, S> {
         self.with_locked(lock(&self.state), f)
     }
 
+    /// [`Driver::with_core`] if the lock is free now; `f` back otherwise.
+    pub(crate) fn try_with_core<T, F: FnOnce(&mut S, pointsub_proto::Instant) -> T>(
+        &self,
+        f: F,
+    ) -> Result<T, F> {
+        match self.state.try_lock() {
+            Ok(state) => Ok(self.with_locked(state, f)),
+            Err(std::sync::TryLockError::Poisoned(e)) => Ok(self.with_locked(e.into_inner(), f)),
+            Err(std::sync::TryLockError::WouldBlock) => Err(f),
+        }
+    }
+
     /// [`Driver::with_core`] for a task: while another thread holds the
     /// lock, the task yields to the runtime and tries again instead of
     /// putting its thread to sleep on the lock, so the thread runs other
