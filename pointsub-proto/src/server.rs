@@ -431,6 +431,7 @@ impl Server {
         match result {
             Ok(body) => {
                 let peer = h.peer.clone();
+                self.stats.received(&protocol, body.len());
                 self.events.push_back(ServerEvent::Request {
                     stream,
                     request_id,
@@ -809,7 +810,6 @@ impl Server {
         };
         let peer = s.peer.clone();
         let protocol = s.protocol.clone();
-        self.stats.received(&protocol, body.len());
         if s.forbidden {
             let msg = format!("peer not allowed on {protocol}");
             self.send_error(stream, id, ErrorCode::Forbidden, &msg);
@@ -864,6 +864,9 @@ impl Server {
                 cancelled: false,
             },
         );
+        if !deflated {
+            self.stats.received(&protocol, body.len());
+        }
         let event = if deflated {
             ServerEvent::Inflate {
                 stream,

@@ -158,7 +158,10 @@ pub struct ProtocolStats {
     pub slow: u64,
     /// Request (client) or response (server) body bytes sent, before compression.
     pub body_bytes_sent: u64,
-    /// Response (client) or request (server) body bytes received, after decompression.
+    /// Body bytes received, after decompression: of successful responses
+    /// (client), or of admitted requests, as handed to their handlers
+    /// (server; a request refused before admission is not inflated, so its
+    /// body is not counted).
     pub body_bytes_received: u64,
     /// Bytes of pointsub frames handed out for writing on this protocol's
     /// streams (after compression, headers included).
@@ -651,7 +654,7 @@ impl ServerBook {
         }
     }
 
-    /// A request of `len` body bytes arrived on `protocol`.
+    /// An admitted request's body, `len` bytes inflated, goes to a handler of `protocol`.
     pub(crate) fn received(&mut self, protocol: &Protocol, len: usize) {
         self.labels.of(protocol).body_bytes_received += len as u64;
     }

@@ -271,6 +271,9 @@ struct Node {
     wake_at: u64,
     /// Requests handed to this node's handlers and not answered yet.
     handlers: usize,
+    /// Body bytes of every request handed to this node's handlers since it
+    /// (re)started: what its server's statistics must count as received.
+    handed_bytes: u64,
     /// Requests accepted by this node's client and not ended yet.
     pending: usize,
     slow_until: u64,
@@ -542,6 +545,7 @@ impl World {
                 members: BTreeSet::new(),
                 wake_at: NEVER,
                 handlers: 0,
+                handed_bytes: 0,
                 pending: 0,
                 slow_until: 0,
                 fail_until: 0,
@@ -977,6 +981,21 @@ impl World {
                     n.client.in_flight()
                 );
                 problems.push(("exactly once", d));
+            }
+            let counted: u64 = n
+                .server
+                .stats()
+                .protocols
+                .iter()
+                .map(|(_, p)| p.body_bytes_received)
+                .sum();
+            if n.up && counted != n.handed_bytes {
+                let d = format!(
+                    "node {i}: server statistics count {counted} request body bytes received, \
+                     its handlers were given {}",
+                    n.handed_bytes
+                );
+                problems.push(("statistics", d));
             }
             let st = n.client.pool_stats();
             if st.in_flight != 0 || st.waiting != 0 {
@@ -1980,6 +1999,7 @@ impl World {
                 );
                 let node = &mut self.nodes[n as usize];
                 node.handlers += 1;
+                node.handed_bytes += body.len() as u64;
                 // Admitted now, not when it was admitted to be inflated.
                 if !self.after_inflate && !self.admitted_in_step.contains(&n) {
                     self.admitted_in_step.push(n);
@@ -2637,6 +2657,7 @@ impl World {
         node.epoch += 1;
         node.pending = 0;
         node.handlers = 0;
+        node.handed_bytes = 0;
         node.client_streams.clear();
         node.server_streams.clear();
         node.wake_at = NEVER;

@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use pointsub_proto::{
     ClientConfig, ClientEvent, ClientMetrics, ClientStats, ConfigError, Instant, OpenFailure,
@@ -482,11 +483,23 @@ impl<R: Runtime> Shared<R> {
         });
     }
 
-    /// Starts a request with `start` and waits for its one outcome.
-    async fn request(
+    /// Starts a request with `start` (or ends at once with its error) when
+    /// first polled, and waits for its one outcome.
+    ///
+    /// The future lives as long as the request: it takes the prepared
+    /// call (`start`), not its callers' arguments, so it holds little.
+    async fn request<F>(
         &self,
-        start: impl FnOnce(&mut pointsub_proto::Client, Instant) -> Result<RequestId, RequestError>,
-    ) -> Result<pointsub_proto::Response, RequestError> {
+        start: Result<F, RequestError>,
+    ) -> Result<pointsub_proto::Response, RequestError>
+    where
+        F: FnOnce(&mut pointsub_proto::Client, Instant) -> Result<RequestId, RequestError>
+            + Send
+            + 'static,
+    {
+        // Moved out of the captured `start` before any await: the
+        // future holds the prepared call once.
+        let start = start?;
         if host_shut_down(&self.node) {
             // The node is gone: the request could only fail, after its
             // retries. The client closes (ending any other request too).
@@ -653,51 +666,65 @@ impl<R: Runtime> Client<R> {
     /// once). Retryable failures are retried within the configured budget
     /// first (see the README's retry budget per cause). Dropping the future
     /// cancels the request.
-    pub async fn send(
+    ///
+    /// The arguments are checked, and the body compressed when worth it,
+    /// when this is called; the request is sent when the future is first
+    /// polled.
+    pub fn send(
         &self,
         peer: PeerId,
         protocol: &str,
         body: Bytes,
-    ) -> Result<Bytes, RequestError> {
-        self.send_inner(peer, protocol, body, None).await
+    ) -> impl Future<Output = Result<Bytes, RequestError>> + Send + '_ {
+        self.send_inner(peer, protocol, body, None)
     }
 
     /// [`Client::send`] bounded by `timeout` overall, retries included
     /// ([`RequestError::Timeout`] when it passes).
-    pub async fn send_with_timeout(
+    pub fn send_with_timeout(
         &self,
         peer: PeerId,
         protocol: &str,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<Bytes, RequestError> {
-        self.send_inner(peer, protocol, body, Some(timeout)).await
+    ) -> impl Future<Output = Result<Bytes, RequestError>> + Send + '_ {
+        self.send_inner(peer, protocol, body, Some(timeout))
     }
 
-    async fn send_inner(
+    /// Prepares a send now (outside any lock) and returns the future that
+    /// submits it: what every in-flight request holds is its prepared call
+    /// and its wait, not the arguments (a `PeerId` alone is 80 bytes).
+    fn send_inner(
         &self,
         peer: PeerId,
         protocol: &str,
         body: Bytes,
         timeout: Option<Duration>,
-    ) -> Result<Bytes, RequestError> {
-        let protocol = protocol_name(protocol)?;
+    ) -> impl Future<Output = Result<Bytes, RequestError>> + Send + '_ {
         let shared = self.shared();
-        let span = tracing::debug_span!("send", %peer, %protocol, size = body.len());
-        let deadline = timeout.map(|t| shared.clock.after(shared.node.runtime(), t));
-        let mut opts = match deadline {
-            Some(d) => pointsub_proto::SendOptions::default().with_deadline(d),
-            None => pointsub_proto::SendOptions::default(),
+        let (span, start) = match protocol_name(protocol) {
+            Ok(protocol) => {
+                let span = tracing::debug_span!("send", %peer, %protocol, size = body.len());
+                let deadline = timeout.map(|t| shared.clock.after(shared.node.runtime(), t));
+                let mut opts = match deadline {
+                    Some(d) => pointsub_proto::SendOptions::default().with_deadline(d),
+                    None => pointsub_proto::SendOptions::default(),
+                };
+                if let Some(deflated) = self.deflated(&body) {
+                    opts = opts.with_deflated(deflated);
+                }
+                let key = peer_key(&peer);
+                let start = move |core: &mut pointsub_proto::Client, now| {
+                    core.send_with(key, protocol, body, opts, now)
+                };
+                (span, Ok(start))
+            }
+            Err(e) => (tracing::Span::none(), Err(e)),
         };
-        if let Some(deflated) = self.deflated(&body) {
-            opts = opts.with_deflated(deflated);
-        }
-        let key = peer_key(&peer);
         shared
-            .request(move |core, now| core.send_with(key, protocol, body, opts, now))
+            .request(start)
             .instrument(span)
-            .await
-            .map(|r| r.body)
+            .map(|r| r.map(|r| r.body))
     }
 
     /// Sends `body` to the server node of `protocol` closest to the body
@@ -743,7 +770,9 @@ impl<R: Runtime> Client<R> {
             opts = opts.with_deadline(shared.clock.after(shared.node.runtime(), t));
         }
         let response = shared
-            .request(move |core, now| core.send_closest(protocol, body, opts, now))
+            .request(Ok(move |core: &mut pointsub_proto::Client, now| {
+                core.send_closest(protocol, body, opts, now)
+            }))
             .instrument(span)
             .await?;
         let peer = peer_id(&response.peer)
