@@ -769,6 +769,25 @@ impl<R: Runtime, S: Side<R>> Driver<R, S> {
     }
 }
 
+/// Gives the core what a stream's task reports: what its work produced,
+/// the bytes it wrote, the bytes it read (in that order).
+fn report<R: Runtime, S: Side<R>>(
+    state: &mut S,
+    id: StreamId,
+    io: Io<S::Ready>,
+    now: pointsub_proto::Instant,
+) {
+    if !io.ready.is_empty() {
+        state.hand_in(io.ready, now);
+    }
+    if io.flushed > 0 {
+        state.handle_flushed(id, io.flushed, now);
+    }
+    if let Some(data) = io.data {
+        state.handle_data(id, data, now);
+    }
+}
+
 impl<R: Runtime, S: Side<R>> Engine for Driver<R, S> {
     type Rt = R;
     type Ready = S::Ready;
@@ -791,20 +810,13 @@ impl<R: Runtime, S: Side<R>> Engine for Driver<R, S> {
             Err(std::sync::TryLockError::WouldBlock) => return Err(io),
         };
         state.plumbing().running(id);
+        let pull = io.pull;
         if io.flushed > 0 || io.data.is_some() || !io.ready.is_empty() {
             let now = self.now();
-            if !io.ready.is_empty() {
-                state.hand_in(io.ready, now);
-            }
-            if io.flushed > 0 {
-                state.handle_flushed(id, io.flushed, now);
-            }
-            if let Some(data) = io.data {
-                state.handle_data(id, data, now);
-            }
+            report(&mut *state, id, io, now);
             state.drain(now, &mut wakers, &mut work);
         }
-        let out = if io.pull { state.pull(id) } else { None };
+        let out = if pull { state.pull(id) } else { None };
         let close = state.plumbing().park(id, waker);
         let wants_read = state.wants_read(id);
         drop(state);
@@ -825,17 +837,7 @@ impl<R: Runtime, S: Side<R>> Engine for Driver<R, S> {
     }
 
     fn hand_in(&self, id: StreamId, io: Io<S::Ready>) {
-        self.with_core(|state, now| {
-            if !io.ready.is_empty() {
-                state.hand_in(io.ready, now);
-            }
-            if io.flushed > 0 {
-                state.handle_flushed(id, io.flushed, now);
-            }
-            if let Some(data) = io.data {
-                state.handle_data(id, data, now);
-            }
-        });
+        self.with_core(|state, now| report(state, id, io, now));
     }
 
     fn on_end(&self, id: StreamId, reset: bool) -> bool {
