@@ -346,7 +346,7 @@ enum Timer {
 /// exactly one [`ClientEvent::Completed`].
 ///
 /// # Methods
-/// - getters: [`Client::local`], [`Client::metrics`], [`Client::connections`], [`Client::pool_stats`], [`Client::server_nodes`], [`Client::in_flight`];
+/// - getters: [`Client::local`], [`Client::metrics`], [`Client::connections`], [`Client::pool_stats`], [`Client::server_nodes`], [`Client::in_flight`], [`Client::stream_in_flight`];
 /// - user calls: [`Client::send`], [`Client::send_with`], [`Client::send_closest`], [`Client::cancel`], [`Client::close`], node-set management;
 /// - `handle_*`: what the adapter observed;
 /// - `poll_*`: what the adapter must do.
@@ -449,6 +449,15 @@ impl Client {
     /// Requests not ended yet.
     pub fn in_flight(&self) -> usize {
         self.requests.len()
+    }
+
+    /// Attempts in flight on `stream` (0 for a stream the core does not
+    /// know). An adapter may write a stream's bytes at once from the task
+    /// that sent a request when this is 1 (the stream was idle: nothing
+    /// to batch with), and leave a busy stream's bytes to its own task,
+    /// which packs what accumulated into few large writes.
+    pub fn stream_in_flight(&self, stream: StreamId) -> usize {
+        self.streams.get(&stream).map_or(0, |s| s.attempts.len())
     }
 
     /// The stream pool's counts.

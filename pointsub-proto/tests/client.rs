@@ -843,3 +843,27 @@ fn server_does_not_compress_for_a_client_without_deflate() {
         )]
     );
 }
+
+#[test]
+fn stream_in_flight_counts_the_attempts_on_one_stream() {
+    let mut r = ClientRig::new(ClientConfig::default());
+    let (_, s, w1) = send_open(&mut r, "one");
+    assert_eq!(r.c.stream_in_flight(s), 1, "the stream was idle");
+    r.c.send(srv(), proto(), body("two"), r.now).unwrap();
+    assert!(
+        opened(&r.events()).is_empty(),
+        "the second rides the same stream"
+    );
+    let w2 = one_request(&mut r, s);
+    assert_eq!(r.c.stream_in_flight(s), 2, "now it is busy");
+    assert_eq!(
+        r.c.stream_in_flight(StreamId(s.0 + 1000)),
+        0,
+        "unknown stream"
+    );
+    r.reply(s, w1, b"one");
+    assert_eq!(r.c.stream_in_flight(s), 1);
+    r.reply(s, w2, b"two");
+    assert_eq!(r.c.stream_in_flight(s), 0);
+    assert_eq!(completions(&r.events()).len(), 2);
+}

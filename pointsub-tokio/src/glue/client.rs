@@ -245,7 +245,7 @@ impl<R: Runtime> Side<R> for State {
         &mut self.plumbing
     }
 
-    fn drain(&mut self, _now: Instant, wakers: &mut Wakers, work: &mut Vec<Work>) {
+    fn drain(&mut self, now: Instant, wakers: &mut Wakers, work: &mut Vec<Work>) {
         while let Some(event) = self.core.poll_event() {
             match event {
                 ClientEvent::OpenStream {
@@ -304,7 +304,24 @@ impl<R: Runtime> Side<R> for State {
                 _ => {}
             }
         }
+        // A request on an idle stream goes out from here, the sender's
+        // task (once per drain: a large body's rest is the task's); a busy
+        // stream's task packs what accumulated into few large writes.
+        let mut write_now = true;
         while let Some(id) = self.core.poll_writable() {
+            if write_now && self.core.stream_in_flight(id) == 1 {
+                let core = &mut self.core;
+                if let Some(n) = self
+                    .plumbing
+                    .write_now(id, || core.poll_transmit_on(id), wakers)
+                {
+                    write_now = false;
+                    if n > 0 {
+                        self.core.handle_flushed(id, n, now);
+                    }
+                    continue;
+                }
+            }
             self.plumbing.writable(id, wakers);
         }
         self.plumbing.rearm(self.core.poll_timeout(), wakers);
@@ -420,7 +437,7 @@ fn opened<R: Runtime>(
             if state.plumbing.stopped {
                 return None;
             }
-            state.plumbing.add_stream(stream);
+            let wire = state.plumbing.add_stream(stream);
             state.core.handle_stream_opened(stream, now);
             if path.relayed {
                 // The core retires it at once if a direct connection to
@@ -428,7 +445,7 @@ fn opened<R: Runtime>(
                 state.core.handle_stream_relayed(stream, now);
             }
             state.paths.insert(stream, path);
-            Some(io)
+            Some((io, wire))
         }
         Err(failure) => {
             tracing::debug!(%stream, ?failure, "open failed");
@@ -438,10 +455,10 @@ fn opened<R: Runtime>(
             None
         }
     });
-    if let Some(io) = io {
+    if let Some((io, wire)) = io {
         // Not a child of the request that opened it: it outlives it.
         let span = tracing::debug_span!(parent: None, "client_stream", %stream);
-        driver::spawn_stream(driver, stream, io, span);
+        driver::spawn_stream(driver, stream, wire, io, span);
     }
 }
 

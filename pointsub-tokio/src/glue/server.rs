@@ -434,10 +434,7 @@ impl<R: Runtime> Shared<R> {
                 .core
                 .handle_inbound_stream(peer_key(&peer), protocol.clone(), now)
             {
-                Ok(id) => {
-                    state.plumbing.add_stream(id);
-                    Some(id)
-                }
+                Ok(id) => Some((id, state.plumbing.add_stream(id))),
                 Err(error) => {
                     tracing::debug!(%peer, %protocol, %error, "inbound stream refused");
                     None
@@ -445,9 +442,9 @@ impl<R: Runtime> Shared<R> {
             }
         });
         match (admitted, self.handle()) {
-            (Some(id), Some(this)) => {
+            (Some((id, wire)), Some(this)) => {
                 let span = tracing::debug_span!(parent: None, "server_stream", stream = %id, %peer, %protocol);
-                driver::spawn_stream(&this, id, stream, span);
+                driver::spawn_stream(&this, id, wire, stream, span);
             }
             // Refused: dropping the stream resets it.
             _ => drop(stream),
