@@ -16,6 +16,7 @@ use crate::transmit::{self, HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, RequestId, StreamId};
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Options of one [`Client::send_with`] call.
@@ -242,7 +243,8 @@ struct Req {
     compressed: Option<Option<Bytes>>,
     target: Target,
     attempts: u32,
-    live: Vec<u64>,
+    /// Its attempts in flight (one, unless hedged): inline, no allocation.
+    live: SmallVec<[u64; 1]>,
     retry_at: Option<Instant>,
     /// Send-closest: each node that failed so far, with its last failure,
     /// in the order first tried.
@@ -808,16 +810,12 @@ impl Client {
         };
         s.last_active = now;
         let flushed = s.tx.flushed(stream, &mut self.ready, n);
-        let mut sent = Vec::new();
+        let read_deadline = now + self.cfg.read_timeout;
         while let Some(&(end, wire)) = s.write_marks.front() {
             if end > flushed {
                 break;
             }
             s.write_marks.pop_front();
-            sent.push(wire);
-        }
-        let read_deadline = now + self.cfg.read_timeout;
-        for wire in sent {
             if let Some(a) = self.attempts.get_mut(&wire)
                 && a.phase == Phase::Writing
             {
@@ -1037,7 +1035,7 @@ impl Client {
                 compressed: deflated,
                 target,
                 attempts: 0,
-                live: Vec::new(),
+                live: SmallVec::new(),
                 retry_at: None,
                 failures: Vec::new(),
                 ruled_out: BTreeSet::new(),
@@ -1368,7 +1366,7 @@ impl Client {
         let a = self.attempts.remove(&wire)?;
         self.timers.stop(Timer::Attempt(wire));
         if let Some(req) = self.requests.get_mut(&a.req) {
-            req.live.retain(|&w| w != wire);
+            req.live.retain(|w| *w != wire);
         }
         match a.stream {
             None => {

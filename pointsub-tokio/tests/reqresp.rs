@@ -272,6 +272,13 @@ async fn errors_are_typed() {
                 Ok::<Bytes, String>(Bytes::new())
             })
             .expect("start");
+        // Panics in the call itself, before it returns a future.
+        server
+            .start("/panic-at-once", |_p, b: Bytes| {
+                assert!(b.is_empty(), "handler bug at once");
+                async move { Ok::<Bytes, String>(b) }
+            })
+            .expect("start");
         let client = impatient(&nodes[0]);
         let peer = nodes[1].peer_id();
 
@@ -283,6 +290,10 @@ async fn errors_are_typed() {
 
         let err = client.send(peer, "/panic", Bytes::from("k")).await;
         assert_eq!(err, Err(RequestError::Handler("handler panicked".into())));
+        let err = client.send(peer, "/panic-at-once", Bytes::from("k")).await;
+        assert_eq!(err, Err(RequestError::Handler("handler panicked".into())));
+        let ok = client.send(peer, "/panic-at-once", Bytes::new()).await;
+        assert_eq!(ok, Ok(Bytes::new()), "the same handler, not panicking");
         // The server survives a panicking handler.
         assert_eq!(
             client.send(peer, "/fail", Bytes::new()).await,
@@ -800,6 +811,27 @@ async fn allow_list_refuses_other_peers() {
                 .expect("open again"),
             "now"
         );
+    })
+    .await;
+}
+
+/// Every request in flight holds its send future: it is kept small (the
+/// prepared call is dropped once submitted; see `RequestFuture`). 10,000
+/// requests in flight hold 10,000 of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_future_is_small() {
+    within(async {
+        let nodes = mesh(Transport::Tcp, 2).await;
+        let client = client(&nodes[0]);
+        let peer = nodes[1].peer_id();
+        let send = client.send(peer, ECHO, Bytes::from_static(b"x"));
+        let size = std::mem::size_of_val(&send);
+        eprintln!("send future: {size} bytes");
+        assert!(size <= 256, "the send future grew to {size} bytes");
+        drop(send);
+        let timed = client.send_with_timeout(peer, ECHO, Bytes::new(), Duration::from_secs(1));
+        let size = std::mem::size_of_val(&timed);
+        assert!(size <= 256, "the timed send future grew to {size} bytes");
     })
     .await;
 }

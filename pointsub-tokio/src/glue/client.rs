@@ -7,6 +7,7 @@
 //! This driver opens the streams it asks for, moves their bytes, and
 //! hands each request's single outcome back to the caller's future.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -128,13 +129,33 @@ impl RequestErrorExt for RequestError {
     }
 }
 
+thread_local! {
+    /// The protocol this thread's last send named, as the core knows it.
+    static LAST_PROTOCOL: RefCell<Option<Protocol>> = const { RefCell::new(None) };
+}
+
 /// A protocol name as the core knows it, refused unless libp2p accepts it.
+/// Shared with the thread's last send to the same protocol (most are), so
+/// a request does not allocate its own copy of the name.
 fn protocol_name(name: &str) -> Result<Protocol, RequestError> {
-    if name.starts_with('/') {
-        Ok(Protocol::from(name))
-    } else {
-        Err(RequestError::InvalidProtocol(name.to_owned()))
+    if !name.starts_with('/') {
+        return Err(RequestError::InvalidProtocol(name.to_owned()));
     }
+    let cached = LAST_PROTOCOL.try_with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        if let Some(p) = last.as_ref()
+            && p.as_str() == name
+        {
+            return Some(p.clone());
+        }
+        let p = Protocol::from(name);
+        *last = Some(p.clone());
+        Some(p)
+    });
+    Ok(match cached {
+        Ok(Some(p)) => p,
+        _ => Protocol::from(name),
+    })
 }
 
 /// Sends requests and collects their responses. Cheap to clone: clones
@@ -501,64 +522,145 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// Starts a request with `start` (or ends at once with its error) when
-    /// first polled, and waits for its one outcome.
-    ///
-    /// The future lives as long as the request: it takes the prepared
-    /// call (`start`), not its callers' arguments, so it holds little.
-    async fn request<F>(
-        &self,
-        start: Result<F, RequestError>,
-    ) -> Result<pointsub_proto::Response, RequestError>
+    /// first polled, and waits for its one outcome (see [`RequestFuture`]).
+    fn request<F>(&self, start: Result<F, RequestError>) -> RequestFuture<'_, R, F>
     where
         F: FnOnce(&mut pointsub_proto::Client, Instant) -> Result<RequestId, RequestError>
             + Send
             + 'static,
     {
-        // Moved out of the captured `start` before any await: the
-        // future holds the prepared call once.
-        let start = start?;
-        if host_shut_down(&self.node) {
-            // The node is gone: the request could only fail, after its
-            // retries. The client closes (ending any other request too).
-            self.close();
+        RequestFuture {
+            shared: self,
+            state: match start {
+                Ok(start) => Phase::Start(start),
+                Err(e) => Phase::Failed(e),
+            },
+        }
+    }
+
+    /// Puts a request in: the prepared call runs on the core, and the
+    /// sender of its outcome is filed under its id.
+    fn submit<F>(
+        state: &mut State,
+        now: Instant,
+        start: F,
+        tx: Waiter,
+    ) -> Result<RequestId, RequestError>
+    where
+        F: FnOnce(&mut pointsub_proto::Client, Instant) -> Result<RequestId, RequestError>,
+    {
+        if state.plumbing.stopped {
             return Err(RequestError::Closed);
         }
-        let (tx, rx) = oneshot::channel();
-        let submit = |state: &mut State, now| {
-            if state.plumbing.stopped {
-                return Err(RequestError::Closed);
-            }
-            let id = start(&mut state.core, now)?;
-            state.waiters.insert(id, tx);
-            Ok(id)
-        };
-        // Usually the lock is free and the request goes in at once. The
-        // path that waits for it is boxed: this future lives as long as
-        // the request, and a caller with thousands in flight should not
-        // hold room for that rare path in each.
-        let id = match self.try_with_core(submit) {
-            Ok(id) => id?,
-            Err(submit) => Box::pin(self.with_core_yielding(submit)).await?,
-        };
-        let mut guard = CancelOnDrop {
-            shared: self,
-            id: Some(id),
-        };
-        let result = rx.await.unwrap_or(Err(RequestError::Closed));
-        guard.id = None;
-        result
+        let id = start(&mut state.core, now)?;
+        state.waiters.insert(id, tx);
+        Ok(id)
     }
 }
 
-/// Cancels a request whose caller stopped waiting for it.
-struct CancelOnDrop<'a, R: Runtime> {
+/// The future of one request. It lives as long as the request, so it is
+/// written by hand rather than as an `async fn`, whose arguments stay in
+/// the future for its whole life: here the prepared call is dropped once
+/// submitted, and what thousands of requests in flight each hold while
+/// they wait is the receiver of the outcome and the request's id.
+pub(crate) struct RequestFuture<'a, R: Runtime, F> {
     shared: &'a Shared<R>,
-    id: Option<RequestId>,
+    state: Phase<'a, F>,
 }
 
-impl<R: Runtime> Drop for CancelOnDrop<'_, R> {
+/// Where a [`RequestFuture`] is.
+enum Phase<'a, F> {
+    /// Not polled yet: the prepared call.
+    Start(F),
+    /// Preparing the call failed: the first poll returns this.
+    Failed(RequestError),
+    /// The core's lock was busy at the first poll: the submission waits
+    /// for it (boxed: this path is rare, and the future should not hold
+    /// room for it in every request).
+    Submitting(
+        std::pin::Pin<Box<dyn Future<Output = Result<RequestId, RequestError>> + Send + 'a>>,
+        oneshot::Receiver<Result<pointsub_proto::Response, RequestError>>,
+    ),
+    /// In the core: waiting for the outcome.
+    Waiting(
+        RequestId,
+        oneshot::Receiver<Result<pointsub_proto::Response, RequestError>>,
+    ),
+    /// The outcome was returned.
+    Done,
+}
+
+impl<R: Runtime, F> Unpin for RequestFuture<'_, R, F> {}
+
+impl<'a, R, F> Future for RequestFuture<'a, R, F>
+where
+    R: Runtime,
+    F: FnOnce(&mut pointsub_proto::Client, Instant) -> Result<RequestId, RequestError>
+        + Send
+        + 'static,
+{
+    type Output = Result<pointsub_proto::Response, RequestError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let shared = this.shared;
+        loop {
+            match std::mem::replace(&mut this.state, Phase::Done) {
+                Phase::Start(start) => {
+                    if host_shut_down(&shared.node) {
+                        // The node is gone: the request could only fail,
+                        // after its retries. The client closes (ending any
+                        // other request too).
+                        shared.close();
+                        return Poll::Ready(Err(RequestError::Closed));
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    let submit =
+                        move |state: &mut State, now| Shared::<R>::submit(state, now, start, tx);
+                    // Usually the lock is free and the request goes in at once.
+                    match shared.try_with_core(submit) {
+                        Ok(Ok(id)) => this.state = Phase::Waiting(id, rx),
+                        Ok(Err(e)) => return Poll::Ready(Err(e)),
+                        Err(submit) => {
+                            let wait = Box::pin(shared.with_core_yielding(submit));
+                            this.state = Phase::Submitting(wait, rx);
+                        }
+                    }
+                }
+                Phase::Failed(e) => return Poll::Ready(Err(e)),
+                Phase::Submitting(mut wait, rx) => match wait.as_mut().poll(cx) {
+                    Poll::Ready(Ok(id)) => this.state = Phase::Waiting(id, rx),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        this.state = Phase::Submitting(wait, rx);
+                        return Poll::Pending;
+                    }
+                },
+                Phase::Waiting(id, mut rx) => match rx.poll_unpin(cx) {
+                    Poll::Ready(outcome) => {
+                        return Poll::Ready(outcome.unwrap_or(Err(RequestError::Closed)));
+                    }
+                    Poll::Pending => {
+                        this.state = Phase::Waiting(id, rx);
+                        return Poll::Pending;
+                    }
+                },
+                Phase::Done => return Poll::Ready(Err(RequestError::Closed)),
+            }
+        }
+    }
+}
+
+impl<R: Runtime, F> Drop for RequestFuture<'_, R, F> {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
+        // Dropped while the request is in the core: cancel it. (A
+        // submission still waiting for the lock is dropped with its
+        // boxed future: nothing was put in.)
+        if let Phase::Waiting(id, _) = self.state {
             self.shared.with_core(|state, now| {
                 state.waiters.remove(&id);
                 state.core.cancel(id, now);

@@ -3,6 +3,7 @@
 //! public [`ConnectionInfo`] both report their pooled streams as, and the
 //! one mutex helper, [`lock`].
 
+use std::cell::RefCell;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,9 +19,44 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+thread_local! {
+    /// The peer this thread last turned into a core key, with the key.
+    static LAST_PEER: RefCell<Option<(PeerId, PeerKey)>> = const { RefCell::new(None) };
+}
+
 /// The key the core knows a peer by.
+///
+/// Every send makes one, and most go to the peer the thread's last send
+/// went to: that key is shared (a reference count), not encoded and
+/// allocated again for each request, which would also keep one copy per
+/// request in flight.
 pub(crate) fn peer_key(peer: &PeerId) -> PeerKey {
-    PeerKey::from(peer.to_bytes())
+    let cached = LAST_PEER.try_with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        if let Some((p, key)) = last.as_ref()
+            && p == peer
+        {
+            return Some(key.clone());
+        }
+        let key = encode_peer(peer);
+        *last = Some((*peer, key.clone()));
+        Some(key)
+    });
+    match cached {
+        Ok(Some(key)) => key,
+        _ => encode_peer(peer),
+    }
+}
+
+/// A peer's key, encoded into a buffer of its exact length (one
+/// allocation; `PeerId::to_bytes` grows its vector twice).
+fn encode_peer(peer: &PeerId) -> PeerKey {
+    let hash = peer.as_ref();
+    let mut bytes = Vec::with_capacity(hash.encoded_len());
+    match hash.write(&mut bytes) {
+        Ok(_) => PeerKey::from(bytes),
+        Err(_) => PeerKey::from(peer.to_bytes()),
+    }
 }
 
 /// The peer behind a core key (always one of ours).

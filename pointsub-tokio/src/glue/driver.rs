@@ -89,19 +89,30 @@ struct Slot {
     wire: WireCell,
 }
 
-/// Wakers collected under the lock, woken after it is released.
+/// Wakers collected under the lock, woken after it is released. The
+/// first is held inline: most drains wake one task (a send wakes its
+/// stream's), and a heap vector for it cost an allocation per request.
 #[derive(Default)]
-pub(crate) struct Wakers(Vec<Waker>);
+pub(crate) struct Wakers {
+    first: Option<Waker>,
+    rest: Vec<Waker>,
+}
 
 impl Wakers {
     pub(crate) fn push(&mut self, w: Option<Waker>) {
         if let Some(w) = w {
-            self.0.push(w);
+            match self.first {
+                None => self.first = Some(w),
+                Some(_) => self.rest.push(w),
+            }
         }
     }
 
     pub(crate) fn wake(self) {
-        for w in self.0 {
+        if let Some(w) = self.first {
+            w.wake();
+        }
+        for w in self.rest {
             w.wake();
         }
     }

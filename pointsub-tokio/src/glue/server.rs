@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -393,14 +394,31 @@ fn start_job<R: Runtime>(driver: &Arc<Shared<R>>, job: Job) -> Option<Answer> {
         handler,
         ..
     } = job;
-    let mut answer =
-        Box::pin(AssertUnwindSafe(async move { handler(peer, body).await }).catch_unwind());
+    // The handler's future is boxed already (`Handler`), so it is
+    // polled in place; a panic in the call that makes it counts as the
+    // handler's too.
+    let made = {
+        let _entered = span.enter();
+        std::panic::catch_unwind(AssertUnwindSafe(|| handler(peer, body)))
+    };
+    let mut answer = match made {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind(),
+        Err(_) => {
+            guard.armed = false;
+            return Some(deflated_answer(
+                guard.stream,
+                guard.request_id,
+                Err("handler panicked".to_owned()),
+                guard.deflate,
+            ));
+        }
+    };
     let first = {
         let _entered = span.enter();
         // A no-op waker is enough: if the handler is not ready, the
         // task below polls it again at once with its own waker.
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-        answer.as_mut().poll(&mut cx)
+        Pin::new(&mut answer).poll(&mut cx)
     };
     match first {
         Poll::Ready(result) => {
@@ -475,7 +493,9 @@ impl<R: Runtime> RespondOnDrop<R> {
 
 impl<R: Runtime> Drop for RespondOnDrop<R> {
     fn drop(&mut self) {
-        self.respond(Err("handler was dropped before answering".to_owned()));
+        if self.armed {
+            self.respond(Err("handler was dropped before answering".to_owned()));
+        }
     }
 }
 
