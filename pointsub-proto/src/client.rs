@@ -15,7 +15,7 @@ use crate::timer::TimerTable;
 use crate::transmit::{self, HasOutgoing, Outgoing, Transmit, next_transmit};
 use crate::{Instant, PeerKey, Protocol, RequestId, StreamId};
 use bytes::{Bytes, BytesMut};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -313,7 +313,10 @@ struct Stream {
     open: bool,
     decoder: MessageDecoder,
     tx: Outgoing,
-    attempts: BTreeSet<u64>,
+    /// Wire ids of its attempts. Added and removed once per request, and
+    /// walked only when the stream opens or fails (sorted then, so the
+    /// core's events keep their order): a hash set.
+    attempts: FxHashSet<u64>,
     /// (stream offset at which a request's last byte was handed out, wire id)
     write_marks: VecDeque<(u64, u64)>,
     opened_at: Instant,
@@ -690,7 +693,8 @@ impl Client {
         s.last_active = now;
         self.timers.stop(Timer::Open(stream));
         self.pool.opened(stream, now);
-        let waiting: Vec<u64> = s.attempts.iter().copied().collect();
+        let mut waiting: Vec<u64> = s.attempts.iter().copied().collect();
+        waiting.sort_unstable();
         for wire in waiting {
             self.write_request(wire, stream, now);
         }
@@ -1145,7 +1149,7 @@ impl Client {
                     d
                 },
                 tx: Outgoing::logging_done(),
-                attempts: BTreeSet::new(),
+                attempts: FxHashSet::default(),
                 write_marks: VecDeque::new(),
                 opened_at: now,
                 last_active: now,
@@ -1464,7 +1468,8 @@ impl Client {
         let Some(s) = self.streams.get(&stream) else {
             return;
         };
-        let wires: Vec<u64> = s.attempts.iter().copied().collect();
+        let mut wires: Vec<u64> = s.attempts.iter().copied().collect();
+        wires.sort_unstable();
         self.pool.discard(stream, now);
         if close {
             self.events.push_back(ClientEvent::CloseStream { stream });

@@ -390,6 +390,7 @@ pub(crate) fn spawn_stream<E: Engine>(
         eof: false,
         read_open: true,
         wants_read: true,
+        deferred: false,
         closing: None,
         buf: BytesMut::new(),
         span,
@@ -416,6 +417,8 @@ struct StreamTask<E: Engine> {
     read_open: bool,
     /// What the core said last about reading.
     wants_read: bool,
+    /// This wake-up was put off once already (see `poll_wire`).
+    deferred: bool,
     closing: Option<Close>,
     /// The read buffer; what is read is split off it and handed over.
     buf: BytesMut,
@@ -499,6 +502,24 @@ impl<E: Engine> StreamTask<E> {
                     Poll::Pending => {}
                 }
             }
+            if round == 0
+                && !self.deferred
+                && out.is_none()
+                && self.data.is_none()
+                && self.flushed == 0
+                && self.ready.is_empty()
+                && !self.eof
+            {
+                // Woken with nothing read and nothing held: a sender
+                // queued bytes for it. Let the other tasks ready now run
+                // first (waking itself puts the task at the back of the
+                // run queue), so that the pull takes what they all queued
+                // in one write, one muxer frame, one encrypted message.
+                self.deferred = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.deferred = false;
             let pull = out.is_none();
             let news =
                 self.flushed > 0 || self.data.is_some() || !self.ready.is_empty() || self.eof;
