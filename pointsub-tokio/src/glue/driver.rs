@@ -44,11 +44,11 @@ use super::rt::{BoxSleep, Clock, Runtime};
 /// Size of a stream task's read buffer. Reads land in it and are handed
 /// to the core as they are (no copy); single-frame messages stay slices
 /// of it.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 32 * 1024;
 
 /// A new read buffer is taken when less than this is left of the current
 /// one, so that a large body still arrives in large reads.
-const MIN_READ: usize = 16 * 1024;
+const MIN_READ: usize = 8 * 1024;
 
 /// Rounds (one write, one read, one lock) a task does before yielding to
 /// the runtime.
