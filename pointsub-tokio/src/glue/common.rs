@@ -48,13 +48,15 @@ pub(crate) fn peer_key(peer: &PeerId) -> PeerKey {
     }
 }
 
-/// A peer's key, encoded into a buffer of its exact length (one
-/// allocation; `PeerId::to_bytes` grows its vector twice).
+/// A peer's key, encoded on the stack (a `PeerId` is at most 42 bytes
+/// and its key is held inline; `PeerId::to_bytes` would allocate a vector
+/// and grow it twice).
 fn encode_peer(peer: &PeerId) -> PeerKey {
     let hash = peer.as_ref();
-    let mut bytes = Vec::with_capacity(hash.encoded_len());
-    match hash.write(&mut bytes) {
-        Ok(_) => PeerKey::from(bytes),
+    let mut buf = [0u8; 80];
+    let mut out = &mut buf[..];
+    match hash.write(&mut out) {
+        Ok(n) => PeerKey::from(&buf[..n]),
         Err(_) => PeerKey::from(peer.to_bytes()),
     }
 }

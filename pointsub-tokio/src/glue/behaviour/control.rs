@@ -378,8 +378,7 @@ impl Control {
     /// node's `shutdown()` was called. Every request fails with a
     /// `Shutdown` error from then on.
     pub fn is_shut_down(&self) -> bool {
-        let state = lock(&self.shared.state);
-        state.closed || state.stopping
+        self.shared.down.load(Ordering::Acquire)
     }
 
     /// Marks the behaviour as going away: a node calls this from
@@ -387,6 +386,7 @@ impl Control {
     /// fail at once instead of racing the swarm's end.
     pub(crate) fn begin_shutdown(&self) {
         lock(&self.shared.state).stopping = true;
+        self.shared.down.store(true, Ordering::Release);
     }
 
     /// The id of the swarm the behaviour runs in, as given to

@@ -66,6 +66,7 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -404,6 +405,7 @@ impl Drop for Behaviour {
         let (commands, watchers, path_watchers) = {
             let mut state = lock(&self.shared.state);
             state.closed = true;
+            self.shared.down.store(true, Ordering::Release);
             state.connections.clear();
             (
                 std::mem::take(&mut state.commands),

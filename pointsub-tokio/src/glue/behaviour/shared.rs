@@ -26,6 +26,9 @@ pub(super) struct Shared {
     /// helpers (the swarm's own settings cannot be read from a behaviour).
     pub(super) yamux_limit_set: AtomicBool,
     pub(super) swarm_limit_set: AtomicBool,
+    /// Set (once, for good) when `state.closed` or `state.stopping` is:
+    /// every send asks, and reading it takes no lock shared with the swarm.
+    pub(super) down: AtomicBool,
 }
 
 pub(super) struct Registration {
@@ -151,6 +154,7 @@ impl Shared {
             remote: Mutex::new(RemoteProtocols::default()),
             yamux_limit_set: AtomicBool::new(false),
             swarm_limit_set: AtomicBool::new(false),
+            down: AtomicBool::new(false),
         }
     }
 
