@@ -22,6 +22,7 @@ use pointsub_proto::{
     ClientConfig, ClientEvent, ClientMetrics, ClientStats, ConfigError, Instant, OpenFailure,
     PeerKey, Protocol, RequestError, RequestId, StreamId,
 };
+use rustc_hash::FxHashMap;
 use tracing::Instrument;
 
 use super::behaviour::{ConnectionPath, Control, OpenStreamError, PathChange};
@@ -183,7 +184,7 @@ type Waiter = oneshot::Sender<Result<pointsub_proto::Response, RequestError>>;
 pub(crate) struct State {
     core: pointsub_proto::Client,
     plumbing: Plumbing,
-    waiters: HashMap<RequestId, Waiter>,
+    waiters: FxHashMap<RequestId, Waiter>,
     /// The node's behaviour handle: tells whether the node has shut down.
     control: Control,
     /// The connection each open stream rides on.
@@ -736,7 +737,7 @@ impl<R: Runtime> Client<R> {
             State {
                 core,
                 plumbing: Plumbing::default(),
-                waiters: HashMap::new(),
+                waiters: FxHashMap::default(),
                 control: host.control().clone(),
                 paths: HashMap::new(),
                 path_watch: Some(watch),

@@ -35,6 +35,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::io::{AsyncRead, AsyncWrite};
 use libp2p::Stream;
 use pointsub_proto::StreamId;
+use rustc_hash::FxHashMap;
 
 use super::behaviour::Closed;
 use super::common::ConnectionInfo;
@@ -122,7 +123,7 @@ impl Wakers {
 /// stream's close request and waker, and the timer.
 #[derive(Default)]
 pub(crate) struct Plumbing {
-    slots: HashMap<StreamId, Slot>,
+    slots: FxHashMap<StreamId, Slot>,
     timer_waker: Option<Waker>,
     /// The deadline the timer task sleeps until.
     timer_armed: Option<pointsub_proto::Instant>,

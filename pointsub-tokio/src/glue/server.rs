@@ -7,7 +7,7 @@
 //! node's inbound streams for the started protocols, moves their bytes,
 //! and runs one handler task per admitted request.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -25,6 +25,7 @@ use pointsub_proto::{
     ConfigError, Instant, Protocol, ServerConfig, ServerError, ServerEvent, ServerMetrics,
     ServerStats, StreamId,
 };
+use rustc_hash::FxHashMap;
 use tracing::Instrument;
 
 use super::common::{peer_id, peer_key};
@@ -101,7 +102,7 @@ impl<R: Runtime> fmt::Debug for Server<R> {
 pub(crate) struct State {
     core: pointsub_proto::Server,
     plumbing: Plumbing,
-    handlers: HashMap<Protocol, Handler>,
+    handlers: FxHashMap<Protocol, Handler>,
     /// Stops each protocol's accept loop (unregistering it).
     accept_stops: Vec<oneshot::Sender<()>>,
     /// Callers of `stop` waiting for the end.
@@ -516,7 +517,7 @@ impl<R: Runtime> Server<R> {
             State {
                 core,
                 plumbing: Plumbing::default(),
-                handlers: HashMap::new(),
+                handlers: FxHashMap::default(),
                 accept_stops: Vec::new(),
                 stop_waiters: Vec::new(),
                 stopped: false,
