@@ -19,6 +19,17 @@
 //!    another key, which is closed, [`Acquire::Open`];
 //! 5. otherwise the request waits, [`Acquire::Queued`].
 //!
+//! In steps 1 and 2 a stream has a free slot while it carries fewer than
+//! `max_inflight_per_stream` requests, except while the key has fewer than
+//! `spread_streams` streams and the pool is not full: then only while it
+//! carries fewer than a quarter of that (at least 1). A key under load
+//! thus gets a second stream (by default) at 64 requests in flight rather
+//! than at 256, and its requests are spread over both: each stream's
+//! frames are packed, written and read by its own task, so two streams
+//! keep two threads busy where one would leave the second idle. Past
+//! that, streams fill to the full `max_inflight_per_stream` before more
+//! are opened, so many requests in flight still need few streams.
+//!
 //! Waiters are served first come, first served: a slot freed on a stream of
 //! key K goes to the oldest waiter of K; room for a new stream (a stream
 //! discarded or evicted, or one left idle while others wait) goes to the
@@ -73,6 +84,11 @@ pub struct PoolConfig {
     /// Most requests one stream carries at once (256, as
     /// [`ClientConfig`](crate::ClientConfig)'s default); `0` counts as 1.
     pub max_inflight_per_stream: usize,
+    /// Streams a key's requests are spread over before any of them
+    /// carries more than a quarter of `max_inflight_per_stream` (2, as
+    /// [`ClientConfig`](crate::ClientConfig)'s default): see the policy
+    /// in the [module docs](self). `0` and `1` mean no spreading.
+    pub spread_streams: usize,
 }
 
 impl Default for PoolConfig {
@@ -82,6 +98,7 @@ impl Default for PoolConfig {
             max_total: 100,
             idle_timeout: Duration::from_secs(5 * 60),
             max_inflight_per_stream: 256,
+            spread_streams: 2,
         }
     }
 }
@@ -217,6 +234,11 @@ impl SlotIndex {
         }
     }
 
+    /// How many streams the key has (retired ones are not indexed).
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// The least-loaded stream, open ones first.
     fn first(&self) -> Option<&Slot> {
         self.0.first()
@@ -229,11 +251,6 @@ impl SlotIndex {
 
     fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    #[cfg(debug_assertions)]
-    fn len(&self) -> usize {
-        self.0.len()
     }
 
     #[cfg(debug_assertions)]
@@ -565,8 +582,8 @@ impl<K: Ord + Clone> StreamPool<K> {
     /// one with a free slot (ties: lowest id), else the least-loaded opening
     /// one.
     fn best_slot(&self, key: &K) -> Option<(StreamId, State)> {
-        let cap = self.cfg.max_inflight_per_stream;
         let set = self.by_key.get(key)?;
+        let cap = self.slot_cap(set.len());
         // The least-loaded open stream comes first; if it is full, so are
         // all open ones, and the least-loaded opening one is next in line.
         let open = set.first().filter(|s| !s.0 && s.1 < cap);
@@ -587,6 +604,17 @@ impl<K: Ord + Clone> StreamPool<K> {
             assert_eq!(pick, scan, "pool load index out of step");
         }
         pick
+    }
+
+    /// The load under which a stream of a key with `streams` streams has
+    /// a free slot (the spreading rule in the [module docs](self)).
+    fn slot_cap(&self, streams: usize) -> usize {
+        let cap = self.cfg.max_inflight_per_stream;
+        if streams < self.cfg.spread_streams && self.streams.len() < self.cfg.max_total {
+            (cap / 4).max(1)
+        } else {
+            cap
+        }
     }
 
     fn take_slot(&mut self, id: StreamId) {
@@ -878,6 +906,7 @@ mod tests {
             max_total,
             idle_timeout: Duration::from_secs(60),
             max_inflight_per_stream: cap,
+            spread_streams: 1,
         })
     }
 

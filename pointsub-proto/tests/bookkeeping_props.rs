@@ -112,9 +112,20 @@ impl Model {
     }
 
     /// Checks the pick of `acquire` against the policy: the least-loaded open
-    /// stream of the key (ties: lowest id), else an opening one, else none.
+    /// stream of the key (ties: lowest id), else an opening one, else none;
+    /// a stream is free below a quarter of the cap while the key has fewer
+    /// than `spread_streams` streams and the pool has room.
     fn check_pick(&self, key: u8, picked: Option<(StreamId, bool)>) -> Result<(), TestCaseError> {
-        let cap = self.cfg.max_inflight_per_stream;
+        let streams = self
+            .live
+            .iter()
+            .filter(|(s, k)| **k == key && !self.retired.contains(s))
+            .count();
+        let cap = if streams < self.cfg.spread_streams && self.live.len() < self.cfg.max_total {
+            (self.cfg.max_inflight_per_stream / 4).max(1)
+        } else {
+            self.cfg.max_inflight_per_stream
+        };
         let free: Vec<(bool, usize, StreamId)> = self
             .live
             .iter()
@@ -349,13 +360,15 @@ fn pool_config() -> impl Strategy<Value = PoolConfig> {
     (
         1usize..=4,
         0usize..=3,
-        prop_oneof![Just(1usize), Just(4usize)],
+        prop_oneof![Just(1usize), Just(4usize), Just(8usize)],
+        0usize..=3,
     )
-        .prop_map(|(max_total, max_idle, cap)| PoolConfig {
+        .prop_map(|(max_total, max_idle, cap, spread)| PoolConfig {
             max_idle,
             max_total,
             idle_timeout: Duration::from_secs(10),
             max_inflight_per_stream: cap,
+            spread_streams: spread,
         })
 }
 

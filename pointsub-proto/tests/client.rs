@@ -306,7 +306,11 @@ fn pooled_stream_is_reused_for_the_next_request() {
 
 #[test]
 fn streams_multiplex_up_to_the_limit_then_a_second_opens() {
-    let mut r = ClientRig::new(ClientConfig::default().with_max_inflight_per_stream(4));
+    let mut r = ClientRig::new(
+        ClientConfig::default()
+            .with_max_inflight_per_stream(4)
+            .with_spread_streams(1),
+    );
     let ids: Vec<RequestId> = (0..5)
         .map(|_| r.c.send(srv(), proto(), body("m"), r.now).unwrap())
         .collect();
@@ -336,6 +340,47 @@ fn streams_multiplex_up_to_the_limit_then_a_second_opens() {
     }
     assert_eq!(completions(&r.events()).len(), 5);
     assert_eq!(r.c.pool_stats().idle, 2);
+}
+
+#[test]
+fn a_loaded_peer_gets_a_second_stream_at_a_quarter_of_the_limit() {
+    // Limit 8, spread over 2: the second stream opens when the first
+    // carries 2, the load is shared, and a third opens only when both
+    // carry the full 8.
+    let mut r = ClientRig::new(ClientConfig::default().with_max_inflight_per_stream(8));
+    assert_eq!(r.c.config().spread_streams, 2);
+    let first: Vec<RequestId> = (0..3)
+        .map(|_| r.c.send(srv(), proto(), body("m"), r.now).unwrap())
+        .collect();
+    let open = opened(&r.events());
+    assert_eq!(open.len(), 2, "the third request opens a second stream");
+    let (a, b) = (open[0].0, open[1].0);
+    r.open(a);
+    r.open(b);
+    for _ in 3..16 {
+        r.c.send(srv(), proto(), body("m"), r.now).unwrap();
+    }
+    assert!(opened(&r.events()).is_empty(), "16 fit on two streams of 8");
+    let sent = r.sent();
+    let on = |s: StreamId| sent.iter().filter(|(st, _)| *st == s).count();
+    assert_eq!((on(a), on(b)), (8, 8));
+    let last = r.c.send(srv(), proto(), body("m"), r.now).unwrap();
+    let ev = r.events();
+    assert_eq!(opened(&ev).len(), 1, "the 17th opens a third: {ev:?}");
+    for (s, m) in &sent {
+        r.reply(*s, m.request_id, b"ok");
+    }
+    let ev = r.events();
+    let done: Vec<RequestId> = completions(&ev)
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::Completed { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done.len(), 16);
+    assert!(first.iter().all(|id| done.contains(id)));
+    assert!(!done.contains(&last), "the 17th waits for its stream");
 }
 
 fn full_pool_rig() -> (ClientRig, RequestId, RequestId, StreamId, u64) {

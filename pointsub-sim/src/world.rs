@@ -439,6 +439,7 @@ impl World {
             })
             .with_idle_conn_timeout(Duration::from_nanos(idle_timeout))
             .with_max_inflight_per_stream(rng.range(1, 9) as usize)
+            .with_spread_streams(rng.range(0, 4) as usize)
             .with_cooldown_base(Duration::from_nanos(cooldown_base))
             .with_cooldown_max(Duration::from_nanos(cooldown_base * rng.range(1, 30)))
             .with_retry_on_read_timeout(rng.chance(0.3))
@@ -484,11 +485,12 @@ impl World {
 
         let mut scenario = scenario;
         scenario.summary = format!(
-            "admission {initial} in [{min}, {max}], per peer {max_per_peer}; pool {} streams (idle {}) x {} requests, idle timeout {:.1} s; \
+            "admission {initial} in [{min}, {max}], per peer {max_per_peer}; pool {} streams (idle {}) x {} requests, spread over {}, idle timeout {:.1} s; \
              {max_retries} retries from {:.0} ms; read timeout {:.1} s; {:.0} % closest; {} nodes per protocol; {:.0} requests/s",
             base_client.max_total_conns,
             base_client.max_idle_conns,
             base_client.max_inflight_per_stream,
+            base_client.spread_streams,
             idle_timeout as f64 / 1e9,
             retry_interval as f64 / 1e6,
             base_client.read_timeout.as_secs_f64(),

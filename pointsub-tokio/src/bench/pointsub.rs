@@ -123,13 +123,15 @@ fn describe<R: Flavour>() -> String {
     format!(
         "{} + noise + yamux ({} streams/conn), echo handler; load generator on tokio.\n    \
          client: ClientConfig::default() (compression on, {} in flight/stream, \
-         pool timeout {:?}, {} retries), max_total_conns = max_idle_conns = \
+         spread over {} streams from {} in flight/stream, pool timeout {:?}, {} retries), max_total_conns = max_idle_conns = \
          clamp(in_flight/{}, {}, {MAX_CLIENT_STREAMS}) ({} at 10,000 in flight).\n    \
          server: ServerConfig::default() with max_concurrent_conns {}, max_concurrent_limit {}, \
          max_per_peer {}, max_streams_per_peer {}.",
         R::api(),
         MAX_STREAMS_PER_CONNECTION,
         c.max_inflight_per_stream,
+        c.spread_streams,
+        (c.max_inflight_per_stream / 4).max(1),
         c.pool_timeout,
         c.max_retries,
         c.max_inflight_per_stream,
