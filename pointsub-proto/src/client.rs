@@ -383,6 +383,8 @@ pub struct Client {
     /// Deflated responses are handed to the adapter to inflate
     /// ([`Client::defer_inflate`]).
     defer_inflate: bool,
+    /// Reassembly buffers shared by the streams' decoders.
+    bodies: crate::bodies::BodyPool,
 }
 
 impl Client {
@@ -414,6 +416,7 @@ impl Client {
             metrics: ClientMetrics::default(),
             closed: false,
             defer_inflate: false,
+            bodies: crate::bodies::BodyPool::new(),
         })
     }
 
@@ -1146,6 +1149,7 @@ impl Client {
                 decoder: {
                     let mut d = MessageDecoder::new(self.cfg.max_block_size);
                     d.defer_inflate(self.defer_inflate);
+                    d.use_pool(self.bodies.clone());
                     d
                 },
                 tx: Outgoing::logging_done(),

@@ -43,6 +43,7 @@ use std::ops::{BitOr, BitOrAssign};
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::bodies::BodyPool;
 use crate::compress::{self, DecompressError};
 
 /// The wire format version this crate speaks (header byte 0).
@@ -786,18 +787,23 @@ impl Assembly {
 ///
 /// Single-frame messages are zero-copy slices of the receive buffer. The
 /// chunks of a multi-chunk message are copied once, from the pushed bytes
-/// straight into the reassembly buffer.
+/// straight into the reassembly buffer; with a [`BodyPool`]
+/// ([`use_pool`](Self::use_pool)) that buffer is one a dropped body gave
+/// back, whose pages are already mapped.
 ///
 /// Memory is bounded by the block size: the receive buffer holds at most
 /// what was pushed plus one frame (`min(max_block_size, MAX_FRAME_PAYLOAD)`),
-/// a chunked message's payload is at most `max_block_size`, and inflating
-/// stops at `max_block_size`.
+/// a chunked message's payload is at most `max_block_size` (in a buffer of
+/// at most that, or of at most [`MAX_POOLED_BUFFER`](crate::bodies::MAX_POOLED_BUFFER)
+/// when it came from a pool), and inflating stops at `max_block_size`.
 pub struct MessageDecoder {
     frames: FrameDecoder,
     max_block_size: usize,
     current: Option<Assembly>,
     /// Hand compressed bodies on deflated (see [`Message::deflated`]).
     defer_inflate: bool,
+    /// Where reassembly buffers come from and go back to, if shared.
+    pool: Option<BodyPool>,
 }
 
 impl MessageDecoder {
@@ -809,7 +815,16 @@ impl MessageDecoder {
             max_block_size,
             current: None,
             defer_inflate: false,
+            pool: None,
         }
+    }
+
+    /// Reassembles chunked messages into buffers from `pool`, and hands
+    /// their bodies out so that each buffer goes back to it when the body
+    /// is dropped ([`BodyPool`]). Without a pool every message gets a new
+    /// buffer.
+    pub fn use_pool(&mut self, pool: BodyPool) {
+        self.pool = Some(pool);
     }
 
     /// Hands compressed bodies on as they came ([`Message::deflated`]
@@ -890,13 +905,17 @@ impl MessageDecoder {
                 }
                 if a.last {
                     let a = self.current.take().expect("message in progress");
+                    let body = match &self.pool {
+                        Some(pool) => pool.freeze(a.body),
+                        None => Bytes::from(a.body),
+                    };
                     return self
                         .finish(
                             a.kind,
                             a.request_id,
                             a.accept_deflate,
                             a.compressed,
-                            Bytes::from(a.body),
+                            body,
                             a.wire_len,
                         )
                         .map(Some);
@@ -952,7 +971,7 @@ impl MessageDecoder {
                     request_id: h.request_id,
                     compressed,
                     accept_deflate,
-                    body: Vec::new(),
+                    body: self.pool.as_ref().map(BodyPool::take).unwrap_or_default(),
                     payload_len: 0,
                     wire_len: 0,
                     direct: 0,
@@ -1631,6 +1650,37 @@ mod tests {
         ));
         assert!(matches!(d.next(), Err(FrameError::Decompress(_))));
         assert!(matches!(d.error(), Some(FrameError::Decompress(_))));
+    }
+
+    #[test]
+    fn a_pooled_decoder_reuses_the_buffer_of_a_dropped_body() {
+        let pool = BodyPool::new();
+        let mut d = MessageDecoder::new(1 << 20);
+        d.use_pool(pool.clone());
+        let mut q = OutQueue::new();
+        let first = pattern(200 * 1024);
+        q.push(FrameKind::Request, 1, Flags::empty(), first.clone());
+        d.push(&drain(&mut q, 1 << 20));
+        let m = message(d.next().unwrap().unwrap());
+        assert_eq!(m.body, first);
+        let at = m.body.as_ptr();
+        assert_eq!(pool.held().0, 0, "the body holds the buffer");
+        drop(m);
+        assert_eq!(pool.held().0, 1, "dropping the body returned it");
+        // The next chunked body is reassembled in the same buffer, intact.
+        let second = pattern(150 * 1024).slice(1..);
+        q.push(FrameKind::Request, 2, Flags::empty(), second.clone());
+        d.push(&drain(&mut q, 1 << 20));
+        let m = message(d.next().unwrap().unwrap());
+        assert_eq!(m.body, second);
+        assert_eq!(m.body.as_ptr(), at);
+        assert_eq!(pool.held().0, 0);
+        // A single-frame message is a slice of what was pushed: no pooling.
+        q.push(FrameKind::Request, 3, Flags::empty(), pattern(100));
+        d.push(&drain(&mut q, 1 << 20));
+        let small = message(d.next().unwrap().unwrap());
+        drop(small);
+        assert_eq!(pool.held().0, 0);
     }
 
     #[test]

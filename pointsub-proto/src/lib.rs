@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod bodies;
 pub mod check;
 pub mod client;
 pub mod compress;

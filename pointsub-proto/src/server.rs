@@ -193,6 +193,8 @@ pub struct Server {
     /// Deflated requests are handed to the adapter to inflate
     /// ([`Server::defer_inflate`]).
     defer_inflate: bool,
+    /// Reassembly buffers shared by the streams' decoders.
+    bodies: crate::bodies::BodyPool,
 }
 
 impl Server {
@@ -220,6 +222,7 @@ impl Server {
             metrics: ServerMetrics::default(),
             limit_range: (limit, limit),
             defer_inflate: false,
+            bodies: crate::bodies::BodyPool::new(),
         })
     }
 
@@ -584,6 +587,7 @@ impl Server {
                 decoder: {
                     let mut d = MessageDecoder::new(self.cfg.max_block_size);
                     d.defer_inflate(self.defer_inflate);
+                    d.use_pool(self.bodies.clone());
                     d
                 },
                 tx: Outgoing::new(),
