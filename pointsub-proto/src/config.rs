@@ -236,6 +236,12 @@ impl ClientConfig {
         Ok(())
     }
 
+    /// Requests in flight at which a stream counts as full while a peer's
+    /// requests are still being spread over `spread_streams` streams.
+    pub fn spread_below(&self) -> usize {
+        self.pool().spread_below()
+    }
+
     pub(crate) fn pool(&self) -> PoolConfig {
         PoolConfig {
             max_idle: self.max_idle_conns,

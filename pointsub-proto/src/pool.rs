@@ -91,6 +91,15 @@ pub struct PoolConfig {
     pub spread_streams: usize,
 }
 
+impl PoolConfig {
+    /// The load at which a stream counts as full while its key is still
+    /// being spread (`spread_streams`): a quarter of
+    /// `max_inflight_per_stream`, at least 1.
+    pub fn spread_below(&self) -> usize {
+        (self.max_inflight_per_stream / 4).max(1)
+    }
+}
+
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
@@ -609,11 +618,10 @@ impl<K: Ord + Clone> StreamPool<K> {
     /// The load under which a stream of a key with `streams` streams has
     /// a free slot (the spreading rule in the [module docs](self)).
     fn slot_cap(&self, streams: usize) -> usize {
-        let cap = self.cfg.max_inflight_per_stream;
         if streams < self.cfg.spread_streams && self.streams.len() < self.cfg.max_total {
-            (cap / 4).max(1)
+            self.cfg.spread_below()
         } else {
-            cap
+            self.cfg.max_inflight_per_stream
         }
     }
 

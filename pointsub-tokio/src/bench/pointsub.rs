@@ -131,7 +131,7 @@ fn describe<R: Flavour>() -> String {
         MAX_STREAMS_PER_CONNECTION,
         c.max_inflight_per_stream,
         c.spread_streams,
-        (c.max_inflight_per_stream / 4).max(1),
+        c.spread_below(),
         c.pool_timeout,
         c.max_retries,
         c.max_inflight_per_stream,
