@@ -54,7 +54,8 @@ async fn start_app() -> Result<(Host, Multiaddr, mpsc::UnboundedReceiver<Report>
     let runtime = AsyncStdRuntime::new();
     let host = pointsub.host(runtime.clone());
 
-    // TCP + noise + yamux with pointsub's yamux limit (1,024 streams).
+    // TCP + noise (flushes coalesced) + yamux with pointsub's yamux limit
+    // (1,024 streams).
     let transport = build_transport(
         &keypair,
         TcpConfig::default(),

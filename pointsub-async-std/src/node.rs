@@ -18,7 +18,8 @@ use libp2p::core::transport::{OrTransport, Transport};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::{noise, relay};
+use libp2p::relay;
+use pointsub_tokio::coalesce;
 use pointsub_tokio::net::NetBehaviour;
 use pointsub_tokio::{Behaviour, Multiaddr, NodeConfig, NodeError, NodeRuntime, RuntimeExecutor};
 
@@ -80,7 +81,7 @@ impl NodeRuntime for AsyncStdRuntime {
         let relayed = relay_transport
             .upgrade(Version::V1Lazy)
             .authenticate(
-                noise::Config::new(&keypair).map_err(|e| NodeError::Transport(e.to_string()))?,
+                coalesce::noise(&keypair).map_err(|e| NodeError::Transport(e.to_string()))?,
             )
             .multiplex(control.yamux_config())
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));

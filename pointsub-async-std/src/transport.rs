@@ -601,8 +601,9 @@ pub enum BuildError {
 }
 
 /// The full connection stack on [`TcpTransport`] with `config`: multistream
-/// select (V1Lazy), noise authentication with `keypair`, yamux multiplexing
-/// with `yamux`, and `connect_timeout` on establishing each connection
+/// select (V1Lazy), noise authentication with `keypair` (its flushes
+/// coalesced: [`pointsub_tokio::coalesce`]), yamux multiplexing with
+/// `yamux`, and `connect_timeout` on establishing each connection
 /// (dial or accept, TCP through yamux).
 ///
 /// For a swarm that carries pointsub's behaviour, pass the behaviour's
@@ -617,7 +618,7 @@ pub fn build_transport(
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, BuildError> {
     let upgraded = TcpTransport::new(config)
         .upgrade(Version::V1Lazy)
-        .authenticate(noise::Config::new(keypair)?)
+        .authenticate(pointsub_tokio::coalesce::noise(keypair)?)
         .multiplex(yamux)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     Ok(TransportTimeout::new(upgraded, connect_timeout).boxed())

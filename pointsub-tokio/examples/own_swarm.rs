@@ -13,8 +13,10 @@ use std::time::Duration;
 use pointsub_tokio::libp2p::futures::StreamExt;
 use pointsub_tokio::libp2p::identity::Keypair;
 use pointsub_tokio::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use pointsub_tokio::libp2p::{Multiaddr, PeerId, SwarmBuilder, identify, noise, ping, tcp};
-use pointsub_tokio::{Behaviour, Client, ClientConfig, Host, Server, ServerConfig, TokioRuntime};
+use pointsub_tokio::libp2p::{Multiaddr, PeerId, SwarmBuilder, identify, ping, tcp};
+use pointsub_tokio::{
+    Behaviour, Client, ClientConfig, Host, Server, ServerConfig, TokioRuntime, coalesce,
+};
 use tokio::sync::mpsc;
 
 /// The application's behaviour: pointsub beside identify and ping. The
@@ -54,8 +56,11 @@ fn start_app() -> Result<(Host, mpsc::UnboundedReceiver<Report>), Box<dyn std::e
     let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(500)));
     let mut swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        // pointsub's yamux limit (1,024 streams per connection).
-        .with_tcp(tcp::Config::default(), noise::Config::new, || {
+        // libp2p's noise with its flushes coalesced under yamux (fewer,
+        // larger encrypted messages for large bodies; the same wire
+        // format), and pointsub's yamux limit (1,024 streams per
+        // connection).
+        .with_tcp(tcp::Config::default(), coalesce::noise, || {
             control.yamux_config()
         })?
         .with_behaviour(|_| AppBehaviour {

@@ -58,7 +58,7 @@ pub mod bench;
 mod glue;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-pub use glue::{behaviour, client, conn, discovery, host, net, node, rt, server};
+pub use glue::{behaviour, client, coalesce, conn, discovery, host, net, node, rt, server};
 #[cfg(feature = "tokio-runtime")]
 mod tokio_rt;
 

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, SwarmBuilder, noise, tcp};
+use libp2p::{Multiaddr, SwarmBuilder, tcp};
 
 use crate::behaviour::Behaviour;
+use crate::coalesce;
 use crate::net::NetBehaviour;
 use crate::node::{MAX_STREAMS_PER_CONNECTION, NodeConfig, NodeError, NodeRuntime};
 use crate::rt::{BoxSleep, BoxTask, Runtime};
@@ -74,7 +75,8 @@ impl libp2p::swarm::Executor for TokioRuntime {
 // The tokio node
 // ---------------------------------------------------------------------------
 
-/// A [`Node`](crate::generic::Node) on tokio, over TCP (noise + yamux) and QUIC.
+/// A [`Node`](crate::generic::Node) on tokio, over TCP (noise, its flushes
+/// [coalesced](crate::coalesce), + yamux) and QUIC.
 pub type Node = crate::node::Node<TokioRuntime>;
 
 /// A [`Client`](crate::generic::Client) on tokio.
@@ -99,7 +101,7 @@ impl NodeRuntime for TokioRuntime {
     }
 
     /// Builds the swarm and starts the node: TCP (nodelay, port reuse for
-    /// hole punching) + noise + yamux, QUIC, `/dns` through libp2p-dns, and
+    /// hole punching) + noise ([`coalesce::noise`]) + yamux, QUIC, `/dns` through libp2p-dns, and
     /// the relay client transport, under a [`NetBehaviour`] for `config`.
     /// Listens on loopback TCP and QUIC unless the config says otherwise,
     /// plus a `/p2p-circuit` listener per relay in the config.
@@ -124,7 +126,7 @@ impl NodeRuntime for TokioRuntime {
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
-                noise::Config::new,
+                coalesce::noise,
                 || control.yamux_config(),
             )
             .map_err(|e| NodeError::Transport(e.to_string()))?
@@ -133,7 +135,7 @@ impl NodeRuntime for TokioRuntime {
                 quic
             })
             .with_dns_config(dns_config, dns_opts)
-            .with_relay_client(noise::Config::new, || control.yamux_config())
+            .with_relay_client(coalesce::noise, || control.yamux_config())
             .map_err(|e| NodeError::Transport(e.to_string()))?
             .with_behaviour(|key, relay_client| {
                 let mut net = NetBehaviour::new(&key.public(), relay_client, behaviour, &config);

@@ -272,6 +272,83 @@ async fn user_swarm_and_plain_node_talk_both_ways() {
     .await;
 }
 
+/// `len` bytes that deflate cannot shrink (an xorshift stream from `seed`),
+/// so that they cross the wire at full size.
+fn incompressible(len: usize, seed: u64) -> Bytes {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// A node's noise coalesces its flushes under yamux
+/// (`pointsub_tokio::coalesce`); the application's swarm runs libp2p's
+/// plain noise. Large bodies, many frames each and several at once, cross
+/// between the two both ways intact: the wire format is the same, and a
+/// deferred flush always happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_cross_between_plain_and_coalesced_noise() {
+    within(async {
+        let mut app = App::start().await;
+        let node = Node::new(NodeConfig::default()).await.expect("node");
+        let _app_server = named_echo(&app.host, "app");
+        let _node_server = named_echo(&node, "node");
+        for addr in node.listen_addrs() {
+            app.host.add_address(node.peer_id(), addr);
+        }
+        let app_client = Client::new(&app.host, ClientConfig::default()).expect("client");
+        let node_client = Client::new(&node, ClientConfig::default()).expect("client");
+        // One small request first, so the node knows the application's
+        // addresses (it learns them from the connection).
+        app_client
+            .send(node.peer_id(), ECHO, Bytes::from("hi"))
+            .await
+            .expect("app -> node");
+
+        // Sizes around the 16 KiB frame and the 64 KiB noise message, up
+        // to 3 MiB; six at once each way.
+        let sizes = [
+            16 * 1024 - 1,
+            16 * 1024 + 1,
+            64 * 1024 + 7,
+            300_001,
+            1024 * 1024,
+            3 * 1024 * 1024 + 5,
+        ];
+        let mut sends = Vec::new();
+        for (i, &len) in sizes.iter().enumerate() {
+            let body = incompressible(len, i as u64 + 1);
+            let (c, to) = (app_client.clone(), node.peer_id());
+            sends.push(tokio::spawn(async move {
+                (c.send(to, ECHO, body.clone()).await, "node:", body)
+            }));
+            let body = incompressible(len, i as u64 + 100);
+            let (c, to) = (node_client.clone(), app.peer_id());
+            sends.push(tokio::spawn(async move {
+                (c.send(to, ECHO, body.clone()).await, "app:", body)
+            }));
+        }
+        for send in sends {
+            let (reply, name, body) = send.await.expect("task");
+            let reply = reply.expect("large body");
+            assert_eq!(&reply[..name.len()], name.as_bytes());
+            assert!(
+                reply[name.len()..] == body[..],
+                "a {} B body came back altered",
+                body.len()
+            );
+        }
+        app.drop_swarm().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_closest_fails_over_between_user_swarms() {
     within(async {

@@ -28,7 +28,7 @@
 //! let host = pointsub.host(TokioRuntime::try_current()?);
 //! let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
 //!     .with_tokio()
-//!     .with_tcp(Default::default(), libp2p::noise::Config::new, || control.yamux_config())?
+//!     .with_tcp(Default::default(), pointsub_tokio::coalesce::noise, || control.yamux_config())?
 //!     .with_behaviour(|_| MyBehaviour { pointsub })?
 //!     .with_swarm_config(|c| control.swarm_config(c))
 //!     .build();
@@ -36,6 +36,11 @@
 //! let client = Client::new(&host, ClientConfig::default())?;
 //! # drop((swarm, client)); Ok(()) }
 //! ```
+//!
+//! [`coalesce::noise`](crate::coalesce::noise) is libp2p's noise with
+//! its flushes coalesced under yamux (fewer, larger encrypted messages for
+//! large bodies; the same wire format); `libp2p::noise::Config::new`
+//! works as well.
 //!
 //! Everything then works as on a [`Node`]: pooling, limits, admission,
 //! `send_closest`, [`Conn`](crate::generic::Conn). Only the swarm's

@@ -13,11 +13,14 @@
 //!   and Kademlia provider records;
 //! - [`net`]: the node's composed behaviour for real networks (identify,
 //!   ping, AutoNAT v2, relay, DCUtR, Kademlia, mDNS) and its events;
+//! - [`coalesce`]: flushes that wait one turn of the connection task, so
+//!   yamux's frames leave in fewer, larger noise messages;
 //! - `common`: what client and server share (peer keys, connection info,
 //!   the mutex helper).
 
 pub mod behaviour;
 pub mod client;
+pub mod coalesce;
 mod common;
 pub mod conn;
 pub mod discovery;
