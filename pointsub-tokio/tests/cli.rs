@@ -381,3 +381,46 @@ fn send_exit_status_timed_out() {
     let out = run(&["send", &addr, "x", "--timeout", "1"]);
     assert_eq!(out.status.code(), Some(TIMED_OUT), "stderr: {}", out.stderr);
 }
+
+/// `bench --rounds 2` measures each system twice, taking turns, then
+/// reports each case's median round and the ratios from those; `--rounds
+/// 0` is refused.
+#[test]
+fn bench_rounds_take_turns_and_report_the_median() {
+    let out = run(&[
+        "bench",
+        "--quick",
+        "--rounds",
+        "2",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--systems",
+        "pointsub-tokio,raw-tcp",
+    ]);
+    let text = out.stdout_text();
+    assert!(
+        out.status.success(),
+        "stderr: {}\nstdout: {text}",
+        out.stderr
+    );
+    let round2 = text.find("round 2 of 2").expect("a second round");
+    let tokio_rows: Vec<usize> = text
+        .match_indices("\npointsub-tokio ")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(tokio_rows.len(), 3, "two rounds and the median: {text}");
+    assert!(tokio_rows[0] < round2 && round2 < tokio_rows[1], "{text}");
+    assert!(text.contains("median round of 2 per case"), "{text}");
+    assert!(text.contains("  raw-tcp 581 B x 100: "), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ratio vs-request-response n/a vs-raw-tcp "),
+        "{last}"
+    );
+
+    let out = run(&["bench", "--quick", "--rounds", "0"]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--rounds"), "stderr: {}", out.stderr);
+}

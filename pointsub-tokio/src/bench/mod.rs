@@ -204,6 +204,13 @@ pub struct BenchArgs {
     /// one of them.
     #[arg(long, value_name = "N", conflicts_with_all = ["quick", "large"])]
     in_flight: Option<usize>,
+    /// Measure every case of every system this many times, the systems
+    /// taking turns (round 1 of all, then round 2 of all, ...), and report
+    /// each case's median round: a burst of load from elsewhere on the
+    /// machine then lands in one round of each system, not in all of one
+    /// system's. Failures are those of all rounds, peak RSS the highest.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    rounds: usize,
 }
 
 const DEFAULT_CSV: &str = "target/bench/pointsub-bench.csv";
@@ -228,6 +235,9 @@ pub async fn run_with(args: BenchArgs, systems: &[&System]) -> Result<Vec<Row>, 
     let warmup = secs("--warmup", args.warmup)?;
     if duration.is_zero() {
         return Err("--duration must be greater than zero".into());
+    }
+    if args.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
     }
     let picked: Vec<Case>;
     let cases: &[Case] = if args.quick {
@@ -265,33 +275,51 @@ pub async fn run_with(args: BenchArgs, systems: &[&System]) -> Result<Vec<Row>, 
     }
     report::print_header(&systems, cases, warmup, duration, &notes);
     let rss_resettable = report::reset_peak_rss();
-    let mut rows = Vec::new();
+    let mut measured = Vec::new();
     report::print_table_head();
-    for system in &systems {
-        for &case in cases {
-            report::reset_peak_rss();
-            let start_rss = report::rss_kib();
-            let mut row = if system.name == cipher::NAME {
-                // Its own loops, not the harness's tasks (see `cipher`).
-                cipher::measure(case, incompressible_body(case.body), warmup, duration).await
-            } else {
-                run_case(system, case, warmup, duration).await
-            };
-            row.start_rss_kib = start_rss;
-            report::print_row(&row);
-            rows.push(row);
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("round {round} of {}", args.rounds);
         }
-        let peak = rows
-            .iter()
-            .filter(|r: &&Row| r.system == system.name)
-            .filter_map(|r| r.peak_rss_kib)
-            .max();
-        println!(
-            "  peak RSS of {} (largest case): {}",
-            system.name,
-            report::fmt_rss(peak)
-        );
+        for system in &systems {
+            for &case in cases {
+                report::reset_peak_rss();
+                let start_rss = report::rss_kib();
+                let mut row = if system.name == cipher::NAME {
+                    // Its own loops, not the harness's tasks (see `cipher`).
+                    cipher::measure(case, incompressible_body(case.body), warmup, duration).await
+                } else {
+                    run_case(system, case, warmup, duration).await
+                };
+                row.start_rss_kib = start_rss;
+                report::print_row(&row);
+                measured.push(row);
+            }
+            if args.rounds == 1 {
+                print_peak(&measured, system.name);
+            }
+        }
     }
+    let rows = if args.rounds == 1 {
+        measured
+    } else {
+        let medians = report::median_rows(&measured);
+        println!(
+            "median round of {} per case (QPS of each round in order):",
+            args.rounds
+        );
+        for line in report::round_lines(&measured, &medians) {
+            println!("{line}");
+        }
+        report::print_table_head();
+        for system in &systems {
+            for row in medians.iter().filter(|r| r.system == system.name) {
+                report::print_row(row);
+            }
+            print_peak(&medians, system.name);
+        }
+        medians
+    };
     if !rss_resettable {
         println!("(peak RSS could not be reset between cases: it is the process's peak so far)");
     }
@@ -322,6 +350,19 @@ pub async fn run_with(args: BenchArgs, systems: &[&System]) -> Result<Vec<Row>, 
         println!("{}", report::ratio_line(&rows, QUICK));
     }
     Ok(rows)
+}
+
+/// The peak RSS line of `system`: its largest case's.
+fn print_peak(rows: &[Row], system: &str) {
+    let peak = rows
+        .iter()
+        .filter(|r| r.system == system)
+        .filter_map(|r| r.peak_rss_kib)
+        .max();
+    println!(
+        "  peak RSS of {system} (largest case): {}",
+        report::fmt_rss(peak)
+    );
 }
 
 /// The systems of `registry` named by `--systems`, in registry order; all

@@ -188,6 +188,61 @@ pub fn print_row(row: &Row) {
     }
 }
 
+/// Each (system, case) of `rows` (several rounds of the same cases) once,
+/// in the order first measured: the round with the median QPS (the lower
+/// one of the two middle rounds when their number is even), with the
+/// failures of all its rounds added up and the highest peak RSS of any.
+pub fn median_rows(rows: &[Row]) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    for row in rows {
+        if out
+            .iter()
+            .any(|r| r.system == row.system && r.case == row.case)
+        {
+            continue;
+        }
+        let mut rounds: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.system == row.system && r.case == row.case)
+            .collect();
+        rounds.sort_by(|a, b| a.qps().total_cmp(&b.qps()));
+        let mut median = rounds[(rounds.len() - 1) / 2].clone();
+        median.summary.failures.clear();
+        for r in &rounds {
+            for (kind, n) in &r.summary.failures {
+                *median.summary.failures.entry(kind.clone()).or_insert(0) += n;
+            }
+        }
+        median.peak_rss_kib = rounds.iter().filter_map(|r| r.peak_rss_kib).max();
+        median.setup_error = rounds.iter().find_map(|r| r.setup_error.clone());
+        out.push(median);
+    }
+    out
+}
+
+/// One line per row of `medians`: its system and case, then the QPS of
+/// each of its rounds in `rows`, in the order they ran.
+pub fn round_lines(rows: &[Row], medians: &[Row]) -> Vec<String> {
+    medians
+        .iter()
+        .map(|m| {
+            let qps: Vec<String> = rows
+                .iter()
+                .filter(|r| r.system == m.system && r.case == m.case)
+                .map(|r| format!("{:.0}", r.qps()))
+                .collect();
+            format!(
+                "  {} {} x {}: {} (median {:.0})",
+                m.system,
+                fmt_body(m.case.body),
+                m.case.in_flight,
+                qps.join(" / "),
+                m.qps()
+            )
+        })
+        .collect()
+}
+
 /// The rows as CSV, one line per case, with a header line.
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
@@ -481,6 +536,54 @@ mod tests {
         }
         r.summary = rec.summarize();
         r
+    }
+
+    #[test]
+    fn median_rows_take_each_cases_median_round_and_keep_every_failure() {
+        let large = crate::bench::LARGE_CASE;
+        let mut rows = Vec::new();
+        // Three rounds of two systems and two cases, interleaved as the
+        // harness runs them.
+        for (round, (a, b, c)) in [(300, 9_000, 250), (500, 7_000, 260), (400, 8_000, 240)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut quick = row("pointsub-tokio", QUICK, b);
+            quick.peak_rss_kib = Some(1_000 + round as u64 * 10);
+            if round == 2 {
+                quick
+                    .summary
+                    .failures
+                    .insert(crate::bench::stats::failure_message("timed out"), 3);
+            }
+            rows.push(quick);
+            rows.push(row("pointsub-tokio", large, a));
+            rows.push(row("request-response", large, c));
+        }
+        let medians = median_rows(&rows);
+        assert_eq!(medians.len(), 3, "one row per system and case");
+        assert_eq!(
+            (medians[0].system, medians[0].case),
+            ("pointsub-tokio", QUICK),
+            "in the order first measured"
+        );
+        assert_eq!(medians[0].summary.ok, 8_000);
+        assert_eq!(
+            medians[0].summary.failed(),
+            3,
+            "a failure in any round counts"
+        );
+        assert_eq!(medians[0].peak_rss_kib, Some(1_020), "the highest peak");
+        assert_eq!(medians[1].summary.ok, 400);
+        assert_eq!(medians[2].summary.ok, 250);
+        let lines = round_lines(&rows, &medians);
+        assert_eq!(
+            lines[1],
+            "  pointsub-tokio 1 MiB x 4: 150 / 250 / 200 (median 200)"
+        );
+        // An even number of rounds: the lower middle one.
+        let two = median_rows(&rows[..6]);
+        assert_eq!(two[1].summary.ok, 300);
     }
 
     #[test]
