@@ -208,7 +208,9 @@ pub struct BenchArgs {
     /// taking turns (round 1 of all, then round 2 of all, ...), and report
     /// each case's median round: a burst of load from elsewhere on the
     /// machine then lands in one round of each system, not in all of one
-    /// system's. Failures are those of all rounds, peak RSS the highest.
+    /// system's. Failures are those of all rounds; peak RSS is the first
+    /// round's (later rounds run in a process every other system has run
+    /// in since).
     #[arg(long, value_name = "N", default_value_t = 1)]
     rounds: usize,
 }

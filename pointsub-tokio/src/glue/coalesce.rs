@@ -23,10 +23,13 @@
 //! is put off only while the muxer keeps writing full frames, and noise
 //! sends a full 64 KiB message as soon as it has one.
 //!
-//! Measured (`pointsub bench --large`, 1 MiB x 4 in flight, six
-//! alternations on the 2-core VM): 295 -> 367 requests/s (median), CPU
-//! per request 6.8 -> 5.6 ms, a third of the `sendto` calls; small
-//! messages (581 B x 100, x 1, x 10,000) unchanged.
+//! Measured on the 2-core VM, 1 MiB x 4 in flight (`pointsub bench
+//! --large --systems pointsub-tokio`, ten alternations of fresh
+//! processes): 322 -> 359 requests/s (medians; pair by pair 0.84-1.34x,
+//! median 1.07x); per 3 s, `sendto` calls 91k -> 28k and context switches
+//! 37k -> 7.5k. With two such processes sharing the two cores there is no
+//! gain (seven runs favoured the build without it by about 5 %, three more
+//! were even). Small messages (581 B x 1, x 100, x 10,000): unchanged.
 //!
 //! The wire format is unchanged (the same noise protocol, negotiated under
 //! the same name): a peer that does not coalesce talks to one that does.
