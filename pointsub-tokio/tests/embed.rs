@@ -4,9 +4,12 @@
 //! are built on the behaviour's `Host`.
 #![cfg(feature = "tokio-runtime")]
 
+mod bodies;
+
 use std::future::Future;
 use std::time::Duration;
 
+use bodies::incompressible;
 use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use pointsub_tokio::libp2p::identity::Keypair;
@@ -270,21 +273,6 @@ async fn user_swarm_and_plain_node_talk_both_ways() {
         app.drop_swarm().await;
     })
     .await;
-}
-
-/// `len` bytes that deflate cannot shrink (an xorshift stream from `seed`),
-/// so that they cross the wire at full size.
-fn incompressible(len: usize, seed: u64) -> Bytes {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 /// A node's noise coalesces its flushes under yamux

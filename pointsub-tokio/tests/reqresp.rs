@@ -2,12 +2,15 @@
 //! client and server drivers around the core.
 #![cfg(feature = "tokio-runtime")]
 
+mod bodies;
+
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bodies::incompressible;
 use bytes::Bytes;
 use pointsub_tokio::libp2p::multiaddr::Protocol;
 use pointsub_tokio::proto::error::Side;
@@ -114,19 +117,6 @@ async fn echo_over_tcp_and_quic() {
     .await;
 }
 
-/// Incompressible bytes (xorshift), so that a body travels at its size.
-fn noise(len: usize, seed: u64) -> Bytes {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A request on an idle stream is written by the sender's task at once;
 /// what the stream does not take then (a body past the muxer's window)
 /// is the stream task's to finish. Bodies on either side of every
@@ -142,13 +132,16 @@ async fn bodies_of_every_size_alone_and_in_bursts() {
             let peer = nodes[1].peer_id();
             let sizes = [0, 1, 581, 16 << 10, (16 << 10) + 1, 300 << 10, 1 << 20];
             for (i, &len) in sizes.iter().enumerate() {
-                let body = noise(len, i as u64 + 1);
+                let body = incompressible(len, i as u64 + 1);
                 let reply = client
                     .send(peer, ECHO, body.clone())
                     .await
                     .unwrap_or_else(|e| panic!("{t:?} {len} B alone: {e}"));
                 assert!(reply == body, "{t:?}: {len} B alone came back changed");
-                let burst: Vec<Bytes> = sizes.iter().map(|&n| noise(n, n as u64 + 7)).collect();
+                let burst: Vec<Bytes> = sizes
+                    .iter()
+                    .map(|&n| incompressible(n, n as u64 + 7))
+                    .collect();
                 let replies = futures::future::join_all(
                     burst.iter().map(|b| client.send(peer, ECHO, b.clone())),
                 )
