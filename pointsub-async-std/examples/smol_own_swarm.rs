@@ -54,7 +54,7 @@ async fn start_app() -> Result<(Host, Multiaddr, mpsc::UnboundedReceiver<Report>
     let runtime = AsyncStdRuntime::new();
     let host = pointsub.host(runtime.clone());
 
-    // TCP + noise (flushes coalesced) + yamux with pointsub's yamux limit
+    // TCP + noise (coalesced: flushes, whole-message reads) + yamux with pointsub's yamux limit
     // (1,024 streams).
     let transport = build_transport(
         &keypair,

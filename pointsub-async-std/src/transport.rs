@@ -602,7 +602,8 @@ pub enum BuildError {
 
 /// The full connection stack on [`TcpTransport`] with `config`: multistream
 /// select (V1Lazy), noise authentication with `keypair` (its flushes
-/// coalesced: [`pointsub_tokio::coalesce`]), yamux multiplexing with
+/// coalesced and its reads taking messages whole:
+/// [`pointsub_tokio::coalesce`]), yamux multiplexing with
 /// `yamux`, and `connect_timeout` on establishing each connection
 /// (dial or accept, TCP through yamux).
 ///

@@ -56,8 +56,9 @@ fn start_app() -> Result<(Host, mpsc::UnboundedReceiver<Report>), Box<dyn std::e
     let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(500)));
     let mut swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        // libp2p's noise with its flushes coalesced under yamux (fewer,
-        // larger encrypted messages for large bodies; the same wire
+        // libp2p's noise with its flushes coalesced under yamux and its
+        // reads taking noise messages whole (fewer, larger encrypted
+        // messages and system calls for large bodies; the same wire
         // format), and pointsub's yamux limit (1,024 streams per
         // connection).
         .with_tcp(tcp::Config::default(), coalesce::noise, || {

@@ -121,7 +121,7 @@ fn describe<R: Flavour>() -> String {
     let c = client_config(super::case(super::SMALL, 10_000));
     let s = server_config();
     format!(
-        "{} + noise (flushes coalesced) + yamux ({} streams/conn), echo handler; load generator on tokio.\n    \
+        "{} + noise (coalesced: flushes, whole-message reads) + yamux ({} streams/conn), echo handler; load generator on tokio.\n    \
          client: ClientConfig::default() (compression on, {} in flight/stream, \
          spread over {} streams from {} in flight/stream, pool timeout {:?}, {} retries), max_total_conns = max_idle_conns = \
          clamp(in_flight/{}, {}, {MAX_CLIENT_STREAMS}) ({} at 10,000 in flight).\n    \

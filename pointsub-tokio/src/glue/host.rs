@@ -38,9 +38,10 @@
 //! ```
 //!
 //! [`coalesce::noise`](crate::coalesce::noise) is libp2p's noise with
-//! its flushes coalesced under yamux (fewer, larger encrypted messages for
-//! large bodies; the same wire format); `libp2p::noise::Config::new`
-//! works as well.
+//! its flushes coalesced under yamux and its reads taking noise messages
+//! whole (fewer, larger encrypted messages and system calls for large
+//! bodies; the same wire format); `libp2p::noise::Config::new` works as
+//! well.
 //!
 //! Everything then works as on a [`Node`]: pooling, limits, admission,
 //! `send_closest`, [`Conn`](crate::generic::Conn). Only the swarm's

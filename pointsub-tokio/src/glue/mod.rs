@@ -14,7 +14,8 @@
 //! - [`net`]: the node's composed behaviour for real networks (identify,
 //!   ping, AutoNAT v2, relay, DCUtR, Kademlia, mDNS) and its events;
 //! - [`coalesce`]: flushes that wait one turn of the connection task, so
-//!   yamux's frames leave in fewer, larger noise messages;
+//!   yamux's frames leave in fewer, larger noise messages, and reads that
+//!   take a noise message in one system call;
 //! - `common`: what client and server share (peer keys, connection info,
 //!   the mutex helper).
 

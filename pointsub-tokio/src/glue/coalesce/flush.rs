@@ -1,69 +1,15 @@
-//! Fewer, larger encrypted messages under yamux: a flush that waits for
-//! one more turn of the connection task.
-//!
-//! yamux (0.14, behind libp2p-yamux 0.48) flushes its socket after every
-//! frame it writes, and it cuts writes into frames of 16 KiB. Under noise,
-//! each flush seals what is buffered into its own noise message and writes
-//! it with its own `sendto`: a 1 MiB body goes out as 64 messages and 64
-//! system calls per direction, where noise could carry it in 16 (a noise
-//! message holds up to 64 KiB) and the kernel take it in fewer writes.
-//! The frame size is not configurable through libp2p-yamux.
-//!
-//! [`CoalescedFlush`] sits between the security layer and the muxer.
-//! When the muxer asks it to flush after writing at least a full frame
-//! ([`DEFER_FLUSH_FROM`]) since its previous flush, it answers "not yet",
-//! wakes the task at once, and lets the muxer go on: the muxer writes the
-//! frames its streams have queued meanwhile, and the flush reaches the
-//! security layer once a turn of the task wrote less than a full frame
-//! (or nothing). So a large body's frames leave in as few noise messages
-//! as fit, and the last of them one task wake-up later. Smaller writes
-//! (requests and responses that fit in a frame, window updates, pings)
-//! flush at once, exactly as without the wrapper, so latency at low load
-//! does not change. Nothing waits for a timer or for more data: a flush
-//! is put off only while the muxer keeps writing full frames, and noise
-//! sends a full 64 KiB message as soon as it has one.
-//!
-//! Measured on the 2-core VM, 1 MiB x 4 in flight (`pointsub bench
-//! --large --systems pointsub-tokio`, ten alternations of fresh
-//! processes): 322 -> 359 requests/s (medians; pair by pair 0.84-1.34x,
-//! median 1.07x); per 3 s, `sendto` calls 91k -> 28k and context switches
-//! 37k -> 7.5k. With two such processes sharing the two cores there is no
-//! gain (seven runs favoured the build without it by about 5 %, three more
-//! were even). Small messages (581 B x 1, x 100, x 10,000): unchanged.
-//!
-//! The wire format is unchanged (the same noise protocol, negotiated under
-//! the same name): a peer that does not coalesce talks to one that does.
-//!
-//! [`Coalesced`] wraps a security upgrade (noise, TLS) so that its
-//! connections come out wrapped; [`noise`] is noise wrapped, a drop-in
-//! for `libp2p::noise::Config::new` in `SwarmBuilder::with_tcp` and
-//! `with_relay_client`:
-//!
-//! ```no_run
-//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use pointsub_tokio::libp2p::{tcp, SwarmBuilder};
-//! use pointsub_tokio::{behaviour::yamux_config, coalesce};
-//! let swarm = SwarmBuilder::with_new_identity()
-//!     .with_tokio()
-//!     .with_tcp(tcp::Config::default(), coalesce::noise, yamux_config)?
-//! #   .with_behaviour(|_| pointsub_tokio::libp2p::swarm::dummy::Behaviour)?
-//! #   .build();
-//! # Ok(()) }
-//! ```
+//! Flushes that wait one turn of the connection task, above the security
+//! layer (the module docs of [`coalesce`](super) say why and what it
+//! measured).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::future::{MapOk, TryFutureExt};
 use futures::{AsyncRead, AsyncWrite};
-use libp2p::PeerId;
-use libp2p::core::UpgradeInfo;
-use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
-use libp2p::identity::Keypair;
 
 /// An authenticated connection whose flushes wait for one more turn of
-/// the task that writes to it (module docs). Reads and closes pass
+/// the task that writes to it ([module docs](super)). Reads and closes pass
 /// through.
 #[derive(Debug)]
 pub struct CoalescedFlush<S> {
@@ -136,62 +82,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedFlush<S> {
         self.written = 0;
         Pin::new(&mut self.inner).poll_close(cx)
     }
-}
-
-/// A security upgrade whose connections come out as
-/// [`CoalescedFlush`]: the same protocol names and handshake as the
-/// upgrade it wraps.
-#[derive(Debug, Clone)]
-pub struct Coalesced<U>(pub U);
-
-impl<U: UpgradeInfo> UpgradeInfo for Coalesced<U> {
-    type Info = U::Info;
-    type InfoIter = U::InfoIter;
-
-    fn protocol_info(&self) -> Self::InfoIter {
-        self.0.protocol_info()
-    }
-}
-
-/// Wraps the connection of an authenticated `(peer, connection)` pair.
-type Wrap<S> = fn((PeerId, S)) -> (PeerId, CoalescedFlush<S>);
-
-fn wrap<S>((peer, io): (PeerId, S)) -> (PeerId, CoalescedFlush<S>) {
-    (peer, CoalescedFlush::new(io))
-}
-
-impl<C, U, S> InboundConnectionUpgrade<C> for Coalesced<U>
-where
-    U: InboundConnectionUpgrade<C, Output = (PeerId, S)>,
-{
-    type Output = (PeerId, CoalescedFlush<S>);
-    type Error = U::Error;
-    type Future = MapOk<U::Future, Wrap<S>>;
-
-    fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
-        self.0.upgrade_inbound(socket, info).map_ok(wrap as Wrap<S>)
-    }
-}
-
-impl<C, U, S> OutboundConnectionUpgrade<C> for Coalesced<U>
-where
-    U: OutboundConnectionUpgrade<C, Output = (PeerId, S)>,
-{
-    type Output = (PeerId, CoalescedFlush<S>);
-    type Error = U::Error;
-    type Future = MapOk<U::Future, Wrap<S>>;
-
-    fn upgrade_outbound(self, socket: C, info: Self::Info) -> Self::Future {
-        self.0
-            .upgrade_outbound(socket, info)
-            .map_ok(wrap as Wrap<S>)
-    }
-}
-
-/// libp2p's noise for `keypair`, its connections coalescing flushes: a
-/// drop-in for `libp2p::noise::Config::new` (module docs).
-pub fn noise(keypair: &Keypair) -> Result<Coalesced<libp2p::noise::Config>, libp2p::noise::Error> {
-    libp2p::noise::Config::new(keypair).map(Coalesced)
 }
 
 #[cfg(test)]
