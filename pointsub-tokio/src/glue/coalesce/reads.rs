@@ -66,9 +66,11 @@ impl Framing {
 /// messages, raised peak RSS at 10,000 requests in flight by 2 MiB). Reads
 /// at a message boundary, and reads whose buffer can take what remains of
 /// the message, go straight into noise's buffer as without the wrapper,
-/// with no extra copy. The buffer (64 KiB) is
-/// allocated on the first message larger than noise's reads and kept for
-/// the connection's life, as noise keeps its own.
+/// with no extra copy. The buffer (64 KiB) is allocated when a message
+/// larger than noise's reads arrives, and freed when the connection has
+/// nothing to read between two messages twice without a large message in
+/// between: kept through the short gaps of a stream of large messages, not
+/// kept by a connection that carried one large body long ago.
 ///
 /// Correctness never depends on the framing being followed right: it only
 /// decides how many bytes to ask the socket for, and every byte read is
@@ -80,6 +82,8 @@ pub struct FrameReads<S> {
     ahead: Vec<u8>,
     start: usize,
     end: usize,
+    /// Whether `ahead` was read into since the last gap between messages.
+    ahead_used: bool,
     framing: Framing,
 }
 
@@ -92,6 +96,7 @@ impl<S> FrameReads<S> {
             ahead: Vec::new(),
             start: 0,
             end: 0,
+            ahead_used: false,
             framing: Framing::default(),
         }
     }
@@ -127,9 +132,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameReads<S> {
         let left = this.framing.left;
         if left <= buf.len() || buf.is_empty() {
             // At a boundary, or the caller takes the rest: straight in.
-            let n = ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-            this.framing.scan(buf.get(..n).unwrap_or(buf));
-            return Poll::Ready(Ok(n));
+            let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+            match &read {
+                Poll::Ready(Ok(n)) => this.framing.scan(buf.get(..*n).unwrap_or(buf)),
+                Poll::Pending if this.framing == Framing::default() => {
+                    // Idle between messages: give the buffer back, unless
+                    // a large message came since the last such gap.
+                    let used_since = std::mem::take(&mut this.ahead_used);
+                    if !used_since {
+                        this.ahead = Vec::new();
+                    }
+                }
+                _ => {}
+            }
+            return read;
         }
         // The rest of this message and the next one's length, so that the
         // next read can take that message whole too. `left` came from a
@@ -138,6 +154,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameReads<S> {
         if this.ahead.len() < want {
             this.ahead.resize(MAX_MESSAGE + LEN_PREFIX, 0);
         }
+        this.ahead_used = true;
         let n = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut this.ahead[..want]))?;
         let n = n.min(want);
         this.framing.scan(&this.ahead[..n]);
@@ -230,6 +247,9 @@ mod tests {
         pos: usize,
         chunk: usize,
         asked: Vec<usize>,
+        /// At the end of `data`, answer `Pending` (more may come) rather
+        /// than end of stream.
+        pending_at_end: bool,
     }
 
     impl Source {
@@ -239,6 +259,7 @@ mod tests {
                 pos: 0,
                 chunk,
                 asked: Vec::new(),
+                pending_at_end: false,
             }
         }
     }
@@ -250,6 +271,9 @@ mod tests {
             buf: &mut [u8],
         ) -> Poll<io::Result<usize>> {
             self.asked.push(buf.len());
+            if self.pending_at_end && self.pos == self.data.len() {
+                return Poll::Pending;
+            }
             let n = buf.len().min(self.chunk).min(self.data.len() - self.pos);
             buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
             self.pos += n;
@@ -337,6 +361,66 @@ mod tests {
             }
             pos = (pos + asked).min(wire.len());
         }
+    }
+
+    /// Reads into `buf_len` buffers until the socket has nothing more now.
+    fn read_available(reads: &mut FrameReads<Source>, buf_len: usize) -> Vec<u8> {
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; buf_len];
+        loop {
+            match Pin::new(&mut *reads).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+                Poll::Pending => return out,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_buffer_is_given_back_when_idle_between_messages() {
+        let first = framed(&[vec![8u8; 50_000]]);
+        let mut source = Source::new(first.clone(), usize::MAX);
+        source.pending_at_end = true;
+        let mut reads = FrameReads::new(source);
+        assert_eq!(read_available(&mut reads, 8 * 1024), first);
+        assert!(
+            reads.ahead.capacity() > 0,
+            "the first gap after a large message keeps it"
+        );
+        // The next large message reuses it.
+        let second = framed(&[vec![9u8; 60_000]]);
+        reads.inner.data.extend_from_slice(&second);
+        assert_eq!(read_available(&mut reads, 8 * 1024), second);
+        assert!(reads.ahead.capacity() > 0);
+        // Small messages only: the second gap frees it.
+        let small = framed(&[vec![1u8; 300]]);
+        reads.inner.data.extend_from_slice(&small);
+        assert_eq!(read_available(&mut reads, 8 * 1024), small);
+        assert_eq!(reads.ahead.capacity(), 0, "idle twice: freed");
+        // And a large message gets one again.
+        let third = framed(&[vec![7u8; 40_000]]);
+        reads.inner.data.extend_from_slice(&third);
+        assert_eq!(read_available(&mut reads, 8 * 1024), third);
+        assert!(reads.ahead.capacity() > 0);
+        assert_eq!(read_available(&mut reads, 8 * 1024), b"");
+        assert_eq!(reads.ahead.capacity(), 0);
+    }
+
+    #[test]
+    fn the_buffer_is_kept_while_a_message_is_unfinished() {
+        let wire = framed(&[vec![8u8; 50_000]]);
+        let mut source = Source::new(wire[..30_000].to_vec(), usize::MAX);
+        source.pending_at_end = true;
+        let mut reads = FrameReads::new(source);
+        assert_eq!(read_available(&mut reads, 8 * 1024), &wire[..30_000]);
+        assert!(reads.ahead.capacity() > 0, "mid-message: kept");
+        reads.inner.data.extend_from_slice(&wire[30_000..]);
+        assert_eq!(read_available(&mut reads, 8 * 1024), &wire[30_000..]);
+        assert!(reads.ahead.capacity() > 0, "one gap after it: kept");
+        assert_eq!(read_available(&mut reads, 8 * 1024), b"");
+        assert_eq!(reads.ahead.capacity(), 0, "two: freed");
     }
 
     #[test]
