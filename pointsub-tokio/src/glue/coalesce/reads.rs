@@ -291,17 +291,19 @@ mod tests {
         out
     }
 
-    /// Reads everything through `reads` with buffers of `buf_len`.
-    fn read_all(reads: &mut FrameReads<Source>, buf_len: usize) -> Vec<u8> {
+    /// Reads through `reads` with buffers of `buf_len` until the socket
+    /// ends (a plain [`Source`]) or has nothing more for now (one with
+    /// `pending_at_end`).
+    fn read_through(reads: &mut FrameReads<Source>, buf_len: usize) -> Vec<u8> {
         let waker = noop_waker();
         let mut cx = Context::from_waker(&waker);
         let mut out = Vec::new();
         let mut buf = vec![0u8; buf_len];
         loop {
             match Pin::new(&mut *reads).poll_read(&mut cx, &mut buf) {
-                Poll::Ready(Ok(0)) => return out,
+                Poll::Ready(Ok(0)) | Poll::Pending => return out,
                 Poll::Ready(Ok(n)) => out.extend_from_slice(&buf[..n]),
-                other => panic!("unexpected {other:?}"),
+                Poll::Ready(Err(e)) => panic!("unexpected {e}"),
             }
         }
     }
@@ -311,7 +313,7 @@ mod tests {
         let bodies = vec![vec![5u8; MAX_MESSAGE], vec![6u8; MAX_MESSAGE]];
         let wire = framed(&bodies);
         let mut reads = FrameReads::new(Source::new(wire.clone(), usize::MAX));
-        assert_eq!(read_all(&mut reads, 8 * 1024), wire);
+        assert_eq!(read_through(&mut reads, 8 * 1024), wire);
         // The first message: noise's 8 KiB at the boundary, then the rest
         // of it and the next length; the second whole in one read (and
         // the next length, which is not there); then the read that finds
@@ -333,7 +335,7 @@ mod tests {
         let bodies: Vec<Vec<u8>> = (0..16).map(|i| vec![i as u8; 60_000]).collect();
         let wire = framed(&bodies);
         let mut reads = FrameReads::new(Source::new(wire.clone(), usize::MAX));
-        assert_eq!(read_all(&mut reads, 8 * 1024), wire);
+        assert_eq!(read_through(&mut reads, 8 * 1024), wire);
         // 16 messages: one boundary read, 16 reads ahead, the end.
         assert_eq!(reads.get_ref().asked.len(), 18);
     }
@@ -344,7 +346,7 @@ mod tests {
         let wire = framed(&bodies);
         let ends = [20_002, 20_104, 60_106];
         let mut reads = FrameReads::new(Source::new(wire.clone(), usize::MAX));
-        assert_eq!(read_all(&mut reads, 8 * 1024), wire);
+        assert_eq!(read_through(&mut reads, 8 * 1024), wire);
         let mut pos = 0;
         for asked in reads.get_ref().asked.iter().copied() {
             let end = ends
@@ -363,28 +365,13 @@ mod tests {
         }
     }
 
-    /// Reads into `buf_len` buffers until the socket has nothing more now.
-    fn read_available(reads: &mut FrameReads<Source>, buf_len: usize) -> Vec<u8> {
-        let waker = noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; buf_len];
-        loop {
-            match Pin::new(&mut *reads).poll_read(&mut cx, &mut buf) {
-                Poll::Ready(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
-                Poll::Pending => return out,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
     #[test]
     fn the_buffer_is_given_back_when_idle_between_messages() {
         let first = framed(&[vec![8u8; 50_000]]);
         let mut source = Source::new(first.clone(), usize::MAX);
         source.pending_at_end = true;
         let mut reads = FrameReads::new(source);
-        assert_eq!(read_available(&mut reads, 8 * 1024), first);
+        assert_eq!(read_through(&mut reads, 8 * 1024), first);
         assert!(
             reads.ahead.capacity() > 0,
             "the first gap after a large message keeps it"
@@ -392,19 +379,19 @@ mod tests {
         // The next large message reuses it.
         let second = framed(&[vec![9u8; 60_000]]);
         reads.inner.data.extend_from_slice(&second);
-        assert_eq!(read_available(&mut reads, 8 * 1024), second);
+        assert_eq!(read_through(&mut reads, 8 * 1024), second);
         assert!(reads.ahead.capacity() > 0);
         // Small messages only: the second gap frees it.
         let small = framed(&[vec![1u8; 300]]);
         reads.inner.data.extend_from_slice(&small);
-        assert_eq!(read_available(&mut reads, 8 * 1024), small);
+        assert_eq!(read_through(&mut reads, 8 * 1024), small);
         assert_eq!(reads.ahead.capacity(), 0, "idle twice: freed");
         // And a large message gets one again.
         let third = framed(&[vec![7u8; 40_000]]);
         reads.inner.data.extend_from_slice(&third);
-        assert_eq!(read_available(&mut reads, 8 * 1024), third);
+        assert_eq!(read_through(&mut reads, 8 * 1024), third);
         assert!(reads.ahead.capacity() > 0);
-        assert_eq!(read_available(&mut reads, 8 * 1024), b"");
+        assert_eq!(read_through(&mut reads, 8 * 1024), b"");
         assert_eq!(reads.ahead.capacity(), 0);
     }
 
@@ -414,12 +401,12 @@ mod tests {
         let mut source = Source::new(wire[..30_000].to_vec(), usize::MAX);
         source.pending_at_end = true;
         let mut reads = FrameReads::new(source);
-        assert_eq!(read_available(&mut reads, 8 * 1024), &wire[..30_000]);
+        assert_eq!(read_through(&mut reads, 8 * 1024), &wire[..30_000]);
         assert!(reads.ahead.capacity() > 0, "mid-message: kept");
         reads.inner.data.extend_from_slice(&wire[30_000..]);
-        assert_eq!(read_available(&mut reads, 8 * 1024), &wire[30_000..]);
+        assert_eq!(read_through(&mut reads, 8 * 1024), &wire[30_000..]);
         assert!(reads.ahead.capacity() > 0, "one gap after it: kept");
-        assert_eq!(read_available(&mut reads, 8 * 1024), b"");
+        assert_eq!(read_through(&mut reads, 8 * 1024), b"");
         assert_eq!(reads.ahead.capacity(), 0, "two: freed");
     }
 
@@ -428,7 +415,7 @@ mod tests {
         let bodies: Vec<Vec<u8>> = (0..50).map(|i| vec![i as u8; 600]).collect();
         let wire = framed(&bodies);
         let mut reads = FrameReads::new(Source::new(wire.clone(), usize::MAX));
-        assert_eq!(read_all(&mut reads, 8 * 1024), wire);
+        assert_eq!(read_through(&mut reads, 8 * 1024), wire);
         assert!(reads.get_ref().asked.iter().all(|&n| n == 8 * 1024));
         assert!(reads.ahead.is_empty(), "no buffer of its own was needed");
     }
@@ -449,7 +436,7 @@ mod tests {
                 bodies.into_iter().map(|mut b| { b.truncate(MAX_MESSAGE); b }).collect();
             for wire in [framed(&bodies), junk] {
                 let mut reads = FrameReads::new(Source::new(wire.clone(), chunk));
-                prop_assert_eq!(read_all(&mut reads, buf_len), wire);
+                prop_assert_eq!(read_through(&mut reads, buf_len), wire);
             }
         }
     }
